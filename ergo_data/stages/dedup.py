@@ -1,0 +1,146 @@
+"""Global pHash stages: ``dedup`` (near-duplicate images within the set) and ``decontaminate``
+(near-duplicates of evaluation images, e.g. V* / HR-Bench, in a reference folder).
+
+Both compare 64-bit pHashes (computed by ``decode``) by Hamming distance. They are barriers: the
+result does not depend on input order (the first image by sorted id wins).
+
+>>> import pyarrow as pa
+>>> rows = [{"id": "s/a", "source": "s", "image_sha256": "1", "image_phash": "ffff000000000000"},
+...         {"id": "s/b", "source": "s", "image_sha256": "2", "image_phash": "ffff000000000001"}]
+>>> DedupStage().process(pa.Table.from_pylist(rows)).rejected[0]["detail"]
+'near-duplicate of s/a (pHash distance 1 <= 4)'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ergo_data.registry import stage_registry
+from ergo_data.schema import rows_to_table
+from ergo_data.stages.base import GlobalStage, Params, RecipeError, StageResult
+from ergo_data.sources.base import IMAGE_EXTENSIONS
+
+
+def phash_ints(hexes: list[str]) -> np.ndarray:
+    return np.array([int(h, 16) for h in hexes], dtype=np.uint64)
+
+
+def hamming(a: np.uint64, many: np.ndarray) -> np.ndarray:
+    x = np.bitwise_xor(many, a)
+    return np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+
+
+def _need_phash(table: pa.Table, stage: str) -> None:
+    if "image_phash" not in table.column_names:
+        raise RecipeError(f"stage {stage!r} needs the `image_phash` column: put `decode` before it")
+
+
+class DedupParams(Params):
+    max_distance: int = 4  # Hamming distance of 64-bit pHashes at or below which two images are duplicates
+
+
+@stage_registry.register("dedup")
+class DedupStage(GlobalStage):
+    """Drop samples whose image is a near-duplicate of another image kept earlier (by sorted id).
+
+    Samples that share the SAME image (several questions on one image) are not duplicates of each other.
+    """
+
+    Params = DedupParams
+
+    def process(self, table: pa.Table) -> StageResult:
+        if table.num_rows == 0:
+            return StageResult(table)
+        _need_phash(table, self.name)
+        rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+        first_by_sha: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            first_by_sha.setdefault(r["image_sha256"], r)
+        images = list(first_by_sha.values())
+        hashes = phash_ints([r["image_phash"] for r in images])
+        owner: dict[str, str] = {}  # sha -> id of the kept image it duplicates (or itself)
+        kept_idx: list[int] = []
+        for i, r in enumerate(images):
+            if kept_idx:
+                d = hamming(hashes[i], hashes[kept_idx])
+                j = int(np.argmin(d))
+                if d[j] <= self.params.max_distance:
+                    owner[r["image_sha256"]] = f"{images[kept_idx[j]]['id']}\t{int(d[j])}"
+                    continue
+            kept_idx.append(i)
+        kept, rejected = [], []
+        for r in rows:
+            dup = owner.get(r["image_sha256"])
+            if dup is None:
+                kept.append(r)
+            else:
+                other, dist = dup.split("\t")
+                rejected.append(self.reject(r, "near_duplicate", f"near-duplicate of {other} (pHash distance "
+                                            f"{dist} <= {self.params.max_distance})"))
+        return StageResult(rows_to_table(kept) if kept else table.schema.empty_table(), rejected)
+
+
+class DecontaminateParams(Params):
+    reference: str  # folder of evaluation images (searched recursively)
+    max_distance: int = 6
+    name: str | None = None  # name of the eval set for the card; default: the folder name
+
+
+@stage_registry.register("decontaminate")
+class DecontaminateStage(GlobalStage):
+    """Drop samples whose image is a near-duplicate of an evaluation image; the reason names the match."""
+
+    Params = DecontaminateParams
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self.reference = Path(self.params.reference).expanduser().resolve()
+        if not self.reference.is_dir():
+            raise RecipeError(f"stage 'decontaminate': reference folder {str(self.reference)!r} does not exist")
+        self._ref: tuple[list[str], np.ndarray] | None = None
+
+    def reference_hashes(self) -> tuple[list[str], np.ndarray]:
+        if self._ref is None:
+            import imagehash
+            from PIL import Image
+
+            from ergo_data.imageio import DecodeError, decode_coarse
+
+            names, hashes = [], []
+            for p in sorted(self.reference.rglob("*")):
+                if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
+                    try:
+                        view = decode_coarse(p.read_bytes(), 1280 * 28 * 28)
+                    except DecodeError:
+                        continue
+                    names.append(str(p.relative_to(self.reference)))
+                    hashes.append(str(imagehash.phash(Image.fromarray(view.array))))
+            self._ref = (names, phash_ints(hashes))
+        return self._ref
+
+    def summary(self) -> dict[str, Any]:
+        names, _ = self.reference_hashes()
+        return {"eval_set": self.params.name or self.reference.name, "reference": str(self.reference),
+                "reference_images": len(names), "max_distance": self.params.max_distance}
+
+    def process(self, table: pa.Table) -> StageResult:
+        if table.num_rows == 0:
+            return StageResult(table)
+        _need_phash(table, self.name)
+        names, ref = self.reference_hashes()
+        kept, rejected = [], []
+        label = self.params.name or self.reference.name
+        for r in sorted(table.to_pylist(), key=lambda r: r["id"]):
+            if len(names):
+                d = hamming(phash_ints([r["image_phash"]])[0], ref)
+                j = int(np.argmin(d))
+                if d[j] <= self.params.max_distance:
+                    rejected.append(self.reject(r, "eval_contamination", f"matches eval image {label}/{names[j]} "
+                                                f"(pHash distance {int(d[j])} <= {self.params.max_distance})"))
+                    continue
+            kept.append(r)
+        return StageResult(rows_to_table(kept) if kept else table.schema.empty_table(), rejected)
