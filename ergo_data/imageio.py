@@ -6,7 +6,7 @@ mode (CMYK, 16-bit, palette+alpha) or failure of the fast path goes through Pill
 >>> data = open("examples/vstar/signicade.JPG", "rb").read()
 >>> view = decode_coarse(data, max_pixels=1280 * 28 * 28)
 >>> view.size, view.array.shape
-((4240, 2700), (812, 1260, 3))
+((4240, 2700), (784, 1232, 3))
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ergo_data.boxes import Box, Size, rotate_box_with_exif
-from ergo_data.vision import resized_size
+from ergo_data.vision import MAX_ASPECT_RATIO, resized_size
 
 JPEG_SOI = b"\xff\xd8"
 _INVERSE_ORIENTATION = {1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
@@ -167,6 +167,9 @@ def decode_coarse(data: bytes, max_pixels: int, max_image_pixels: int | None = N
     """Decode ``data`` once to the RGB view at ``max_pixels`` (Qwen smart_resize), displayed orientation."""
     info = read_info(data, max_image_pixels)
     check_complete(data, info)
+    w, h = info.size
+    if max(w, h) / max(min(w, h), 1) > MAX_ASPECT_RATIO:
+        raise DecodeError("extreme_aspect_ratio", f"{w}x{h}: aspect ratio over {MAX_ASPECT_RATIO} (the model rejects it)")
     target = resized_size(info.size, max_pixels)
     stored_target = _stored_target(info, target)
     arr = _jpeg_fast(data, info, stored_target)

@@ -8,7 +8,7 @@ at any point and started again skips finished units and ends with row-identical 
 >>> from ergo_data.recipe import load_recipe
 >>> stats = run_pipeline(load_recipe("pipelines/demo.yaml"), "/tmp/ergo-doctest-demo", quiet=True)
 >>> stats["invariant"]["ok"], stats["totals"]["kept"]
-(True, 6)
+(True, 9)
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 
@@ -114,12 +114,14 @@ def _stages_for(specs: list[dict[str, Any]]) -> list[Stage]:
     return _STAGE_CACHE[key]
 
 
-def run_chunk(specs: list[dict[str, Any]], src_path: str, dst_path: str) -> dict[str, Any]:
-    """Run ``specs`` over one chunk file; write kept + rejects, then the marker. Returns its stats."""
-    table = pa.parquet.read_table(src_path)
+def process_table(stages: list[Stage], table: pa.Table) -> tuple[pa.Table, list[dict[str, str]], list[dict[str, Any]]]:
+    """Run per-batch ``stages`` in turn over one table: ``(kept, reject rows, per-stage stats)``.
+
+    Shared by the local executor (one chunk file) and the Ray executor (one block).
+    """
     stats = []
     rejects: list[dict[str, str]] = []
-    for stage in _stages_for(specs):
+    for stage in stages:
         t0 = time.perf_counter()
         n_in = table.num_rows
         res = stage.process(table) if n_in else None
@@ -128,6 +130,12 @@ def run_chunk(specs: list[dict[str, Any]], src_path: str, dst_path: str) -> dict
         rejects += got
         stats.append({"stage": stage.name, "in": n_in, "out": table.num_rows, "seconds": time.perf_counter() - t0,
                       "rejected": dict(Counter(r["reason"] for r in got))})
+    return table, rejects, stats
+
+
+def run_chunk(specs: list[dict[str, Any]], src_path: str, dst_path: str) -> dict[str, Any]:
+    """Run ``specs`` over one chunk file; write kept + rejects, then the marker. Returns its stats."""
+    table, rejects, stats = process_table(_stages_for(specs), pa.parquet.read_table(src_path))
     dst = Path(dst_path)
     write_parquet_atomic(table, dst.with_suffix(".parquet"))
     write_parquet_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), dst.with_suffix(".rejects.parquet"))
@@ -200,21 +208,30 @@ def _run_map(seg: Segment, prev: Path, seg_dir: Path, n_chunks: int, workers: in
         for a in args:
             run_chunk(*a)
             prog.advance(task, 1)
-    per_stage: list[dict[str, Any]] = []
-    for i in range(n_chunks):
-        info = json.loads((seg_dir / f"part-{i:05d}.json").read_text())
-        for j, s in enumerate(info["stages"]):
-            if len(per_stage) <= j:
-                per_stage.append({"stage": s["stage"], "in": 0, "out": 0, "seconds": 0.0, "rejected": Counter()})
-            agg = per_stage[j]
+    return merge_stage_stats(seg.specs, ((0, json.loads((seg_dir / f"part-{i:05d}.json").read_text())["stages"])
+                                         for i in range(n_chunks)))
+
+
+def merge_stage_stats(specs: list[dict[str, Any]], chunk_stats: Iterable[tuple[int, list[dict[str, Any]]]]
+                      ) -> list[dict[str, Any]]:
+    """Sum the per-chunk stats of a segment's stages (a stage with no chunk still gets a zero row).
+
+    Each item of ``chunk_stats`` is ``(position in specs of its first stage, [stats of that stage, the next...])``.
+
+    >>> one = {"stage": "sql", "in": 4, "out": 3, "seconds": 0.5, "rejected": {"sql_filter": 1}}
+    >>> merge_stage_stats([{"type": "sql"}], [(0, [one]), (0, [one])])[0]["rejected"]
+    {'sql_filter': 2}
+    """
+    per_stage = [{"stage": s["type"], "in": 0, "out": 0, "seconds": 0.0, "rejected": Counter()} for s in specs]
+    for first, stats in chunk_stats:
+        for agg, s in zip(per_stage[first:], stats):
+            agg["stage"] = s["stage"]
             agg["in"] += s["in"]
             agg["out"] += s["out"]
             agg["seconds"] += s["seconds"]
             agg["rejected"].update(s["rejected"])
     for agg in per_stage:
         agg["rejected"] = dict(sorted(agg["rejected"].items()))
-    if not per_stage:  # no chunks at all: still report the stages
-        per_stage = [{"stage": s["type"], "in": 0, "out": 0, "seconds": 0.0, "rejected": {}} for s in seg.specs]
     return per_stage
 
 

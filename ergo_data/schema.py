@@ -2,7 +2,7 @@
 
 >>> row = make_row(id="ex/a", image_path="/x/a.jpg", question="What?", answer="cat",
 ...                boxes=[BoxRecord(1, 2, 3, 4, "cat", "annotation")], source="ex")
->>> validate_row(row)["boxes"][0]["label"]
+>>> validate_row(row, require_decoded=False)["boxes"][0]["label"]
 'cat'
 """
 

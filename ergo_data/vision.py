@@ -77,10 +77,16 @@ def box_short_side_at_budget(box: Box, size: Size, max_pixels: int) -> float:
     return min(box_size_at_budget(box, size, max_pixels))
 
 
-def crop_vision_tokens(box: Box, size: Size, max_pixels: int) -> int:
-    """Tokens of the full-resolution crop of ``box``, resized under the same budget (capped by it)."""
+def crop_vision_tokens(box: Box, size: Size, max_pixels: int) -> int | None:
+    """Tokens of the full-resolution crop of ``box``, resized under the same budget (capped by it).
+
+    None when the crop's aspect ratio exceeds what the model accepts (> 200).
+    """
     x1, y1, x2, y2 = box.integer(size)
-    return vision_tokens((x2 - x1, y2 - y1), max_pixels)
+    try:
+        return vision_tokens((x2 - x1, y2 - y1), max_pixels)
+    except ValueError:
+        return None
 
 
 def derived_columns(size: Size | None, boxes: Iterable[Box]) -> dict[str, float | int | None]:
@@ -88,7 +94,7 @@ def derived_columns(size: Size | None, boxes: Iterable[Box]) -> dict[str, float 
 
     >>> d = derived_columns((4240, 2700), [Box(2193, 1350, 2285, 1482)])
     >>> d["vision_tokens_1280"], round(d["box_short_side_1280"], 1)
-    (1260, 26.7)
+    (1232, 26.7)
     """
     boxes = list(boxes)
     out: dict[str, float | int | None] = dict.fromkeys(

@@ -67,7 +67,7 @@ def shuffled_options(options: list[str], answer_index: int, key: str, seed: int)
     """Shuffle ``options`` deterministically per (seed, key); return them and the correct letter.
 
     >>> shuffled_options(["tiger", "lion", "bear", "eagle"], 0, "examples/signicade", seed=0)
-    (['bear', 'tiger', 'eagle', 'lion'], 'B')
+    (['bear', 'eagle', 'lion', 'tiger'], 'D')
     """
     import random
 

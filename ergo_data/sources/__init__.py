@@ -1,0 +1,1 @@
+"""Sources: one module per input kind, each turning files into Sample rows (see base.py)."""
