@@ -61,7 +61,13 @@ def plan_segments(recipe: Recipe, stages: list[Stage]) -> list[Segment]:
 def recipe_fingerprint(recipe: Recipe) -> str:
     import hashlib
 
-    return hashlib.sha256(json.dumps(recipe.model_dump(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    scheduling_only = {"ray"}  # executor settings never change the outputs: a resume stays valid
+    dump = json.dumps(recipe.model_dump(exclude=scheduling_only), sort_keys=True, default=str)
+    h = hashlib.sha256(dump.encode())
+    for pkg in ("ergo_data", "ergo_train"):  # changed code invalidates finished units too
+        for f in sorted((Path(__file__).resolve().parent.parent / pkg).rglob("*.py")):
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 # ---- stage 0: read sources ----------------------------------------------------------------------

@@ -25,6 +25,10 @@ class OutputSpec(Params):
     plots: bool = True  # write plots and galleries into the data card
 
 
+class RaySpec(Params):
+    actors: int = Field(2, ge=1)  # most actors per stateful stage (judge, OCR) with `--executor ray`
+
+
 class Recipe(Params):
     name: str
     description: str = ""
@@ -32,6 +36,7 @@ class Recipe(Params):
     sources: list[dict[str, Any]]
     stages: list[dict[str, Any]] = []
     output: OutputSpec = OutputSpec()
+    ray: RaySpec = RaySpec()  # scheduling only: never changes the outputs
 
 
 def _parse_value(text: str) -> Any:

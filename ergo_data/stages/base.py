@@ -77,6 +77,11 @@ class Stage:
     Params: ClassVar[type[Params]] = Params
     is_global: ClassVar[bool] = False
     type_name: ClassVar[str] = "stage"
+    # For the Ray executor only (the local one ignores them): a stateful stage holds costly state (a model)
+    # and runs in an actor pool of up to `ray.actors` actors, built once per actor; `num_gpus` is what each
+    # actor needs (a stage may turn it into a property of its params, e.g. 1.0 when device is cuda).
+    stateful: ClassVar[bool] = False
+    num_gpus: ClassVar[float] = 0.0
 
     def __init__(self, **params: Any) -> None:
         self.params = build_params(type(self), self.Params, params, "stage")
