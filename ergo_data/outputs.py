@@ -128,6 +128,8 @@ def build_stats(recipe, inputs, kept: pa.Table, rejects: pa.Table, stage_rows, d
                     "rejected": dict(sum((by_reason[s] for s in by_reason if s.startswith("source:")), Counter()))}
     cats = Counter(kept.column("category").to_pylist()) if kept.num_rows else Counter()
     review = sum(bool(v) for v in kept.column("needs_review").to_pylist()) if kept.num_rows else 0
+    review_cats = Counter(c for c, v in zip(kept.column("category").to_pylist(), kept.column("needs_review").to_pylist())
+                          if v) if kept.num_rows else Counter()
     return {
         "name": recipe.name,
         "stages": [source_stage] + stage_rows,
@@ -137,5 +139,6 @@ def build_stats(recipe, inputs, kept: pa.Table, rejects: pa.Table, stage_rows, d
         "invariant": {"rule": "per source: inputs = kept + rejected", "ok": bool(ok)},
         "kept_by_category": {str(k): v for k, v in sorted(cats.items(), key=lambda kv: str(kv[0]))},
         "needs_review": review,
+        "needs_review_by_category": {str(k): v for k, v in sorted(review_cats.items(), key=lambda kv: str(kv[0]))},
         "files": {"data": [f"data/{f}" for f in data_files], "rejects": [f"rejects/{f}" for f in reject_files]},
     }

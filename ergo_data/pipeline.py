@@ -82,23 +82,22 @@ def read_sources(recipe: Recipe, work: Path, progress: Callable[[str, int], None
     counts: dict[str, dict[str, int]] = {}
     rows: list[dict[str, Any]] = []
     rejects: list[dict[str, str]] = []
+    seen: set[str] = set()
     for src in build_sources(recipe):
         c = counts.setdefault(src.name, {"emitted": 0, "rejected": 0})
         for item in src.read():
             c["emitted"] += 1
+            if not isinstance(item, Reject) and item["id"] in seen:  # bad input, not a reason to stop the run
+                item = Reject(item, "duplicate_id", f"id {item['id']!r} was already emitted by source "
+                              f"{src.name!r}: ids must be unique (the first one is kept)")
             if isinstance(item, Reject):
                 c["rejected"] += 1
                 rejects.append({"id": str(item.row["id"]), "source": src.name, "stage": f"source:{src.type_name}",
                                 "reason": item.reason, "detail": item.detail})
             else:
+                seen.add(item["id"])
                 rows.append(item)
             progress("read sources", 1)
-    ids = Counter(r["id"] for r in rows) + Counter(r["id"] for r in rejects)
-    dupes = [i for i, n in ids.items() if n > 1]
-    if dupes:
-        from ergo_data.stages.base import RecipeError
-
-        raise RecipeError(f"duplicate sample ids from sources: {dupes[:5]} (ids must be unique)")
     size = recipe.output.chunk_rows
     n_chunks = 0
     for n_chunks, start in enumerate(range(0, len(rows), size), 1):

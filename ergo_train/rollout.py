@@ -17,6 +17,7 @@ Pieces, importable on their own (training, evaluation and difficulty profiling s
 - ``run_two_turns(model, processor, row, max_pixels)``: one sample through both turns with plain
   ``model.generate`` (inference, evaluation, difficulty); returns a ``TwoTurnResult`` whose
   ``completion`` has the message layout TRL gives reward functions.
+- ``first_zoom(parsed_message)``: the zoom of turn 1 as ``ergo_train.parsing`` (the rewards) reads it.
 
 >>> from PIL import Image
 >>> env = ZoomEnv(max_pixels=64 * 28 * 28)
@@ -40,17 +41,17 @@ Answer with the option's letter from the given choices directly.
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from PIL import Image
 
 from ergo_data.boxes import Box, Size
 from ergo_data.vision import resized_size, vision_tokens
+from ergo_train.parsing import Coords, text_of, zoom_actions
 from ergo_train.zoom import DEFAULT_BUDGET_TOKENS, ZoomResult, budget_max_pixels, coarse_view, zoom_crop
 
 ANSWER_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -59,7 +60,12 @@ TURN1_INSTRUCTION = (
     "The image is {w}x{h} pixels. First think about which region of the image holds the answer, then call "
     "the zoom tool once with that region's box (x1, y1, x2, y2) in pixels of this image."
 )
-_TAG_ZOOM = re.compile(r"<zoom>\s*(\[[^\]]*\])\s*</zoom>", re.S)  # the paper's tag form (ERGO checkpoints)
+SYSTEM_PROMPT = (
+    "You answer questions about high-resolution images in two steps. First you see a downsampled image and "
+    "the question: think about which region holds the answer, then call the zoom tool once with that "
+    "region's box. Then you see that region at full resolution with the answer options: think, then give "
+    "your final answer inside <answer></answer>."
+)
 
 
 def turn1_text(question: str, seen_size: Size) -> str:
@@ -117,14 +123,20 @@ def _seen_size(row: Mapping[str, Any], max_pixels: int) -> Size:
 
 
 def build_turn1_prompt(row: Mapping[str, Any], max_pixels: int) -> list[dict[str, Any]]:
-    """The ``prompt`` column for TRL: one user message with the turn-1 text (TRL inserts the image)."""
-    return [{"role": "user", "content": turn1_text(row["question"], _seen_size(row, max_pixels))}]
+    """The ``prompt`` column for TRL: the system message and the turn-1 user text (TRL inserts the image).
+
+    >>> [m["role"] for m in build_turn1_prompt({"question": "Q?", "width": 1200, "height": 900}, 50176)]
+    ['system', 'user']
+    """
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": turn1_text(row["question"], _seen_size(row, max_pixels))}]
 
 
 def build_turn1_messages(row: Mapping[str, Any], max_pixels: int) -> list[dict[str, Any]]:
     """Turn 1 with the coarse view inside, for ``processor.apply_chat_template`` + ``model.generate``."""
     view, size = coarse_view(row_image(row["image"]), max_pixels)
-    return [{"role": "user", "content": [{"type": "image", "image": view},
+    return [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
+            {"role": "user", "content": [{"type": "image", "image": view},
                                          {"type": "text", "text": turn1_text(row["question"], size)}]}]
 
 
@@ -156,7 +168,7 @@ class ZoomEnv:
         self.image = row_image(row["image"])
         self.seen_size = resized_size(self.image.size, self.max_pixels)
         self.vision_tokens = [vision_tokens(self.image.size, self.max_pixels)]
-        return None  # the prompt column already holds turn 1
+        # the prompt column already holds turn 1
 
     def zoom(self, x1: float, y1: float, x2: float, y2: float) -> list[dict[str, Any]]:
         """Zoom into a region of the image: see it at full resolution, then answer the question.
@@ -169,10 +181,12 @@ class ZoomEnv:
         """
         return self._apply_zoom([x1, y1, x2, y2])
 
-    def _apply_zoom(self, xyxy: list[Any]) -> list[dict[str, Any]]:
+    def _apply_zoom(self, xyxy: Sequence[Any] | None, parse_error: str | None = None) -> list[dict[str, Any]]:
         if self.image is None or self.seen_size is None:
             raise RuntimeError("zoom called before reset")
         result = zoom_crop(self.image, xyxy, self.seen_size, self.max_pixels)
+        if parse_error is not None and not result.ok:
+            result = replace(result, error=parse_error)
         self.zooms.append(result)
         self.vision_tokens.append(result.vision_tokens)
         text = turn2_text(self.row["question"], self.row.get("options"))
@@ -228,7 +242,7 @@ def use_tool_chat_template(processor):
 class TwoTurnResult:
     turn1_text: str  # what the model wrote in turn 1 (reasoning + tool call as text)
     turn2_text: str | None  # the answer turn (None when the model did not zoom)
-    zoom_args: list[Any] | None  # [x1, y1, x2, y2] as the model wrote them (coarse-view pixels)
+    zoom_args: list[float] | None  # [x1, y1, x2, y2] on the coarse view (None: no zoom, or malformed)
     zoom: ZoomResult | None  # the crop actually shown (None when the model did not zoom)
     vision_tokens: list[int] = field(default_factory=list)  # per turn
     completion: list[dict[str, Any]] = field(default_factory=list)  # TRL's completion message layout
@@ -239,35 +253,23 @@ class TwoTurnResult:
         return self.turn2_text if self.turn2_text is not None else self.turn1_text
 
 
-def parse_zoom_call(parsed: Mapping[str, Any]) -> list[Any] | None:
-    """The zoom box from a parsed assistant message: a ``zoom`` tool call, else the ``<zoom>[..]</zoom>`` tag.
+def first_zoom(parsed: Mapping[str, Any]) -> tuple[bool, Coords | None, str | None]:
+    """``(attempted, coords, error)`` of the first zoom in a parsed assistant message, in any spelling
+    (tool call, Hermes text, ``<zoom>[..]</zoom>`` tag), read by ``ergo_train.parsing`` as the rewards do.
 
-    >>> parse_zoom_call({"content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom",
+    >>> first_zoom({"content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom",
     ...     "arguments": {"x1": 1, "y1": 2, "x2": 3, "y2": 4}}}]})
-    [1, 2, 3, 4]
-    >>> parse_zoom_call({"content": "look <zoom>[10, 20, 30, 40]</zoom>"})
-    [10, 20, 30, 40]
+    (True, (1.0, 2.0, 3.0, 4.0), None)
+    >>> first_zoom({"content": "look <zoom>[10, 20, 30]</zoom>"})
+    (True, None, 'zoom: [10, 20, 30] is not 4 finite numbers')
+    >>> first_zoom({"content": "no idea"})
+    (False, None, None)
     """
-    for call in parsed.get("tool_calls") or []:
-        fn = call.get("function", call)
-        if fn.get("name") == "zoom":
-            args = fn.get("arguments") or {}
-            if isinstance(args, str):
-                try:
-                    args = json.loads(args)
-                except ValueError:
-                    return [args]
-            if isinstance(args, Mapping):
-                return [args.get(k) for k in ("x1", "y1", "x2", "y2")]
-            return list(args) if isinstance(args, (list, tuple)) else [args]
-    m = _TAG_ZOOM.search(parsed.get("content") or "")
-    if m:
-        try:
-            value = json.loads(m.group(1))
-        except ValueError:
-            return [m.group(1)]
-        return list(value) if isinstance(value, list) else [value]
-    return None
+    actions = zoom_actions(text_of(parsed.get("content")), parsed.get("tool_calls"))
+    if not actions:
+        return False, None, None
+    _, coords, error = actions[0]
+    return True, coords, error
 
 
 def _generate(model, processor, messages, tools, max_new_tokens: int, generate_kwargs: Mapping[str, Any]):
@@ -312,11 +314,11 @@ def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, 
     ids1 = _trim_at_eos(ids1, eos_ids)
     parsed1 = parse_response(tok, ids1, prefix=prompt_ids, tools=tools)
     text1 = tok.decode(ids1, skip_special_tokens=True)
-    box = parse_zoom_call(parsed1)
+    attempted, coords, error = first_zoom(parsed1)
     completion: list[dict[str, Any]] = [parsed1]
-    if box is None:
+    if not attempted:
         return TwoTurnResult(text1, None, None, None, list(env.vision_tokens), completion, len(ids1))
-    blocks = env._apply_zoom(list(box))  # any length: a malformed box gets the fallback view and an error
+    blocks = env._apply_zoom(coords, error)  # malformed: the whole coarse view and the error text
     tool_msg = {"role": "tool", "name": "zoom", "content": blocks}
     completion.append(tool_msg)
     assistant1 = dict(parsed1)
@@ -327,7 +329,7 @@ def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, 
     ids2 = _trim_at_eos(ids2, eos_ids)
     text2 = tok.decode(ids2, skip_special_tokens=True)
     completion.append({"role": "assistant", "content": text2})
-    return TwoTurnResult(text1, text2, list(box), env.zooms[-1], list(env.vision_tokens), completion,
+    return TwoTurnResult(text1, text2, list(coords) if coords else None, env.zooms[-1], list(env.vision_tokens), completion,
                          len(ids1) + len(ids2))
 
 

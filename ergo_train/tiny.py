@@ -29,10 +29,13 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 TINY_NAME = "tiny"
 TINY_VERSION = 1  # bump when the tiny architecture, tokenizer corpus or processor changes
@@ -135,15 +138,17 @@ def tiny_config(tokenizer):
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    text = dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},  # sum = head_dim/2
-        bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"], pad_token_id=ids["<|endoftext|>"],
-    )
-    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[1])
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096,
+        # mrope_section sums to head_dim / 2 (head_dim = 32 / 2 heads = 16)
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+        "pad_token_id": ids["<|endoftext|>"],
+    }
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+              "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
+              "fullatt_block_indexes": [1]}
     return Qwen2_5_VLConfig(
         text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
@@ -162,6 +167,7 @@ def build_tiny(seed: int = 0, max_pixels: int | None = None):
     The processor uses TRL's ``qwen3_vl`` chat template (Hermes-style tool calls, which Qwen2.5-VL's own
     template lacks); ``max_pixels`` sets the image processor's budget (default 1280 * 28 * 28).
     """
+    import torch
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from trl.chat_template_utils import qwen3_vl_chat_template
@@ -183,25 +189,35 @@ def build_tiny(seed: int = 0, max_pixels: int | None = None):
     return model.eval(), processor
 
 
+def save_processor(processor, directory: str | os.PathLike) -> Path:
+    """``processor.save_pretrained`` with Qwen's standard class names, so ``load_processor`` (and
+    AutoProcessor where torchvision exists) read it back like any Qwen2.5-VL checkpoint."""
+    out = Path(directory)
+    processor.save_pretrained(out)
+    pre = out / "preprocessor_config.json"
+    cfg = json.loads(pre.read_text()) if pre.exists() else processor.image_processor.to_dict()
+    if "Qwen2VLImageProcessor" in str(cfg.get("image_processor_type", "Qwen2VLImageProcessor")):
+        cfg["image_processor_type"] = "Qwen2VLImageProcessor"  # AutoImageProcessor picks the PIL class itself
+    pre.write_text(json.dumps(cfg, indent=2))
+    proc = out / "processor_config.json"
+    if proc.exists():
+        pcfg = json.loads(proc.read_text())
+        if pcfg.get("processor_class") == "VisionOnlyQwenVLProcessor":
+            pcfg["processor_class"] = "Qwen2_5_VLProcessor"
+        sub = pcfg.get("image_processor")
+        if isinstance(sub, dict) and "Qwen2VLImageProcessor" in str(sub.get("image_processor_type", "")):
+            sub["image_processor_type"] = "Qwen2VLImageProcessor"
+        proc.write_text(json.dumps(pcfg, indent=2))
+    return out
+
+
 def save_tiny(directory: str | os.PathLike, seed: int = 0) -> Path:
     """Write the tiny model + processor as a checkpoint directory that ``load_model`` reads back."""
     model, processor = build_tiny(seed)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    processor.save_pretrained(out)
-    # Standard class names, so AutoProcessor (with torchvision) and AutoImageProcessor (PIL class without it)
-    # read the checkpoint like any Qwen2.5-VL one.
-    pre = out / "preprocessor_config.json"
-    cfg = json.loads(pre.read_text()) if pre.exists() else processor.image_processor.to_dict()
-    cfg["image_processor_type"] = "Qwen2VLImageProcessor"
-    pre.write_text(json.dumps(cfg, indent=2))
-    proc = out / "processor_config.json"
-    if proc.exists():
-        pcfg = json.loads(proc.read_text())
-        pcfg["processor_class"] = "Qwen2_5_VLProcessor"
-        pcfg.get("image_processor", {})["image_processor_type"] = "Qwen2VLImageProcessor"
-        proc.write_text(json.dumps(pcfg, indent=2))
+    save_processor(processor, out)
     (out / "ergo_tiny.json").write_text(json.dumps({"tiny_version": TINY_VERSION, "seed": seed}))
     return out
 
@@ -272,3 +288,54 @@ def load_model(name_or_path: str, *, max_pixels: int | None = None, dtype: torch
         raise OSError(f"cannot load model {name_or_path!r}: {e} (use 'tiny', a local checkpoint directory, "
                       "or a hub name available offline)") from e
     return model.eval(), load_processor(path, max_pixels)
+
+
+# ---- test-only hook -------------------------------------------------------------------------------
+def _scripted_turn_processor(rows: list[list[int]], prompt_len: int, offset: int):
+    from transformers import LogitsProcessor
+
+    class ScriptedTurn(LogitsProcessor):
+        """Forces batch row ``b`` to write ``rows[(offset + b) % len(rows)]``; the model still runs every step."""
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            step = input_ids.shape[1] - prompt_len
+            for b in range(scores.shape[0]):
+                seq = rows[(offset + b) % len(rows)]
+                if step < len(seq):
+                    scores[b] = float("-inf")
+                    scores[b, seq[step]] = 0.0
+            return scores
+
+    return ScriptedTurn()
+
+
+@contextmanager
+def scripted_first_turn(model, tokenizer, texts: Sequence[str]) -> Iterator[None]:
+    """TEST-ONLY HOOK: make every turn 1 write one of ``texts``, in turn (batch rows and calls continue the cycle).
+
+    A random model never emits a tool call, so tests of the zoom path force turn 1 to write a valid
+    ``<tool_call>`` with a logits processor; any ``generate`` whose prompt already holds a tool response
+    (turn 2) runs freely. Everything else (TRL's parsing, the tool loop, image injection, turn 2, the
+    loss) is the real path. End each text with ``<|im_end|>`` so the turn stops there.
+    """
+    from transformers import LogitsProcessorList
+
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    response_id = tokenizer.convert_tokens_to_ids("<tool_response>")
+    original = model.generate
+    forced = [0]  # rows forced so far
+
+    def generate(*args: Any, **kwargs: Any):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and not bool((ids == response_id).any()):
+            processors = kwargs.pop("logits_processor", None) or LogitsProcessorList()
+            processors.append(_scripted_turn_processor(rows, ids.shape[1], forced[0]))
+            kwargs["logits_processor"] = processors
+            forced[0] += ids.shape[0]
+        return original(*args, **kwargs)
+
+    model.generate = generate
+    try:
+        yield
+    finally:
+        del model.generate  # back to the class's method

@@ -2,7 +2,8 @@
 
 Bad images (missing, zero-byte, truncated, corrupt, decompression bombs, unreadable formats) are
 rejected with a reason; the run continues. Boxes given on the stored frame (``boxes_frame: stored``
-in the source) are rotated with the EXIF orientation here.
+in the source) are rotated with the EXIF orientation here. The stage keeps no pixels: later stages use
+the recorded size and pHash; only tools that crop (rollout, judges) decode the full resolution again.
 
 >>> from ergo_data.registry import source_registry
 >>> import pyarrow as pa
@@ -16,38 +17,63 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
-import imagehash
-from PIL import Image
+from pydantic import Field
 
 from ergo_data.boxes import Box, BoxError, rotate_box_with_exif
-from ergo_data.imageio import DecodeError, decode_coarse
+from ergo_data.imageio import DecodeError, ImageInfo, decode_coarse, phash_hex
 from ergo_data.registry import stage_registry
 from ergo_data.stages.base import Params, Reject, RowStage
 from ergo_data.vision import BUDGETS, derived_columns
 
 
 class DecodeParams(Params):
-    max_pixels: int = BUDGETS[1280]  # coarse view used for pHash (the view the model would see)
-    max_image_pixels: int | None = None  # decompression-bomb limit; None = Pillow's (2 x MAX_IMAGE_PIXELS)
+    max_pixels: int = Field(BUDGETS[1280], gt=0)  # coarse view used for pHash (the view the model would see)
+    # Decompression-bomb limit in pixels (width * height); None = Pillow's (2 * Image.MAX_IMAGE_PIXELS,
+    # about 179 MP). Larger images are rejected with reason `decompression_bomb` before any pixel decode.
+    max_image_pixels: int | None = Field(None, gt=0)
     embed_images: bool = False  # fill image.bytes with the file bytes (self-contained export)
 
 
 def load_image_bytes(row: dict[str, Any]) -> bytes:
     """The file bytes of a row's image (``image.bytes`` if embedded, else read ``image.path``)."""
-    img = row["image"]
-    if img.get("bytes"):
+    img = row.get("image") or {}
+    if img.get("bytes") is not None:
         return img["bytes"]
+    if not img.get("path"):
+        raise FileNotFoundError("the row has neither image bytes nor an image path")
     return Path(img["path"]).read_bytes()
 
 
 def boxes_frame(row: dict[str, Any]) -> str:
+    """``stored`` when the source's boxes refer to raw pixels before EXIF orientation, else ``displayed``."""
     try:
         return json.loads(row.get("provenance") or "{}").get("boxes_frame", "displayed")
-    except ValueError:
+    except (ValueError, AttributeError):
         return "displayed"
+
+
+def rotate_stored_boxes(records: list[dict[str, Any]], info: ImageInfo) -> list[dict[str, Any]]:
+    """Boxes on the stored pixels -> boxes on the displayed image (labels kept).
+
+    Records that are not valid boxes are returned unchanged (all of them) for ``box_check`` to reject.
+
+    >>> info = ImageInfo("JPEG", (100, 50), 6, "RGB", 1)
+    >>> rotate_stored_boxes([{"x1": 0, "y1": 0, "x2": 10, "y2": 20, "label": "a"}], info)[0]
+    {'x1': 30.0, 'y1': 0.0, 'x2': 50.0, 'y2': 10.0, 'label': 'a'}
+    """
+    try:
+        boxes = [Box.from_record(b) for b in records]
+    except (BoxError, KeyError, TypeError):
+        return records
+    out = []
+    for rec, box in zip(records, boxes):
+        r = rotate_box_with_exif(box, info.stored_size, info.orientation)
+        out.append({**rec, "x1": r.x1, "y1": r.y1, "x2": r.x2, "y2": r.y2})
+    return out
 
 
 @stage_registry.register("decode")
@@ -61,39 +87,33 @@ class DecodeStage(RowStage):
             yield self.decode_row(row)
 
     def decode_row(self, row: dict[str, Any]) -> dict[str, Any] | Reject:
-        path = row["image"].get("path")
+        path = (row.get("image") or {}).get("path") or "<embedded bytes>"
         try:
             data = load_image_bytes(row)
-        except FileNotFoundError:
-            return Reject(row, "image_missing", f"image file not found: {path}")
+        except FileNotFoundError as e:
+            return Reject(row, "image_missing", f"image file not found: {path} ({e.strerror or e})")
         except OSError as e:
             return Reject(row, "image_unreadable", f"cannot read {path}: {e}")
         try:
             view = decode_coarse(data, self.params.max_pixels, self.params.max_image_pixels)
+            phash = phash_hex(view.array)
         except DecodeError as e:
             return Reject(row, e.reason, f"{path}: {e}")
-        except Exception as e:  # a decoder bug must not kill the run: the sample leaves with a reason
+        except Exception as e:  # noqa: BLE001 - a decoder bug must not kill the run: the sample leaves with a reason
             return Reject(row, "decode_failed", f"{path}: {type(e).__name__}: {e}")
         out = dict(row)
         out["width"], out["height"] = view.size
         out["image_sha256"] = hashlib.sha256(data).hexdigest()
-        out["image_phash"] = str(imagehash.phash(Image.fromarray(view.array)))
+        out["image_phash"] = phash
         if self.params.embed_images:
-            out["image"] = {"bytes": data, "path": path}
-        if boxes_frame(row) == "stored" and view.info.orientation != 1:
-            try:
-                out["boxes"] = [
-                    {**b, **dict(zip(("x1", "y1", "x2", "y2"), rotate_box_with_exif(
-                        Box.from_record(b), view.info.stored_size, view.info.orientation).as_tuple()))}
-                    for b in row["boxes"]
-                ]
-            except BoxError as e:
-                return Reject(row, "bad_box", f"cannot rotate box with EXIF orientation: {e}")
-        out.update(derived_columns(view.size, _valid_boxes(out["boxes"])))
+            out["image"] = {"bytes": data, "path": path if path != "<embedded bytes>" else None}
+        if boxes_frame(row) == "stored":
+            out["boxes"] = rotate_stored_boxes(list(row.get("boxes") or []), view.info)
+        out.update(derived_columns(view.size, _valid_boxes(out.get("boxes"))))
         return out
 
 
-def _valid_boxes(records: list[dict[str, Any]]) -> list[Box]:
+def _valid_boxes(records: list[dict[str, Any]] | None) -> list[Box]:
     """Boxes that can be measured; invalid ones are left for ``box_check`` to reject with a reason."""
     out = []
     for b in records or []:

@@ -1,0 +1,249 @@
+"""Decode throughput of the curation paths against a naive Pillow loop and the scaled-decode limit.
+
+Two paths, on synthetic 4000x3000 and 4961x7016 JPEGs (every other one carries an EXIF rotation),
+generated once into ``benchmarks/_cache/curation-*`` and reused:
+
+(a) curate: what the stages need — decode, smart_resize to the budget, pHash; no full-res pixels
+    (``ergo_data.imageio.decode_coarse`` + ``phash_hex``, as the ``decode`` stage runs them).
+(b) crop: (a) plus one full-resolution crop resized to the budget — what rollout and judges need
+    (``decode_full`` once, then ``coarse_from_full`` + ``phash_hex`` + ``crop_from_full``).
+
+Each is timed in the same run against
+- naive: Pillow full decode, full-resolution ``exif_transpose``, bicubic resize (and crop), pHash;
+- limit: the libjpeg DCT-scaled decode alone (simplejpeg, to the smallest scale covering the budget).
+
+Every measurement runs on 1 and 2 worker processes, the methods interleaved repeat by repeat (the
+machine may be shared: compare ratios, which come from the same minute). Outputs are checked against
+the naive path: mean absolute difference < 2/255 and pHash distance <= 2 (exit status 1 otherwise).
+
+    .venv/bin/python benchmarks/curation.py                 # 8 images per shape, 3 repeats
+    .venv/bin/python benchmarks/curation.py --images 2 --repeats 1 --workers 1   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "benchmarks" / "_cache"
+SHAPES = ((4000, 3000), (4961, 7016))
+ROTATIONS = (6, 8)  # EXIF orientations given to every other image (90 degrees each way)
+TARGETS = {"curate_vs_naive": 3.5, "curate_vs_limit": 0.75, "crop_vs_naive": 2.3}
+
+
+# ---- synthetic images ---------------------------------------------------------------------------
+def synthetic_photo(width: int, height: int, seed: int) -> np.ndarray:
+    """A photo-like HxWx3 array: smooth colour fields, hard-edged shapes, small text, sensor grain."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    field = rng.integers(0, 256, (9, 12, 3), dtype=np.uint8)
+    img = Image.fromarray(field).resize((width, height), Image.Resampling.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(120):
+        x, y = int(rng.integers(0, width)), int(rng.integers(0, height))
+        s = int(rng.integers(width // 80, width // 8))
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x, y, x + s, y + int(s * rng.uniform(0.3, 1.5))], fill=colour)
+    for _ in range(60):
+        x, y = int(rng.integers(0, width - 200)), int(rng.integers(0, height - 40))
+        draw.text((x, y), f"ERGO {int(rng.integers(0, 10**6)):06d}", fill=(250, 250, 250), font_size=28)
+    px = np.asarray(img, dtype=np.int16) + rng.normal(0, 3.0, (height, width, 1)).astype(np.int16)
+    return np.clip(px, 0, 255).astype(np.uint8)
+
+
+def image_paths(n: int) -> list[Path]:
+    """``n`` images per shape (generated once); odd indices carry an EXIF rotation."""
+    from PIL import Image
+
+    paths = []
+    for w, h in SHAPES:
+        folder = CACHE / f"curation-{w}x{h}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            orientation = ROTATIONS[(i // 2) % 2] if i % 2 else 1
+            path = folder / f"img-{i:03d}-o{orientation}.jpg"
+            if not path.exists():
+                exif = Image.Exif()
+                exif[0x0112] = orientation
+                buf = io.BytesIO()
+                Image.fromarray(synthetic_photo(w, h, seed=i * 7 + w)).save(buf, "JPEG", quality=90,
+                                                                           exif=exif.tobytes())
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(buf.getvalue())
+                os.replace(tmp, path)
+            paths.append(path)
+    return paths
+
+
+def crop_box(size: tuple[int, int]):
+    """A fixed region on the displayed image, about a quarter of each side (a typical zoom)."""
+    from ergo_data.boxes import Box
+
+    w, h = size
+    return Box(0.55 * w, 0.3 * h, 0.8 * w, 0.55 * h)
+
+
+# ---- the methods (module level: they run in worker processes) --------------------------------------
+BUDGET = 1280 * 28 * 28
+
+
+def naive_curate(path: str, keep: bool = False):
+    import imagehash
+    from PIL import Image, ImageOps
+
+    from ergo_data.vision import resized_size
+
+    im = Image.open(path)
+    im.load()
+    im = (ImageOps.exif_transpose(im) or im).convert("RGB")
+    view = im.resize(resized_size(im.size, BUDGET), Image.Resampling.BICUBIC)
+    phash = str(imagehash.phash(view))
+    return (im, np.asarray(view), phash) if keep else phash
+
+
+def naive_crop(path: str, keep: bool = False):
+    from PIL import Image
+
+    from ergo_data.vision import resized_size
+
+    full, view, phash = naive_curate(path, keep=True)
+    crop = full.crop(crop_box(full.size).integer(full.size))
+    crop = crop.resize(resized_size(crop.size, BUDGET), Image.Resampling.BICUBIC)
+    return (view, phash, np.asarray(crop)) if keep else phash
+
+
+def limit_decode(path: str, keep: bool = False):
+    import simplejpeg
+
+    from ergo_data.vision import resized_size
+
+    data = Path(path).read_bytes()
+    h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+    tw, th = resized_size((w, h), BUDGET)  # the budget on the stored frame: same scale either way
+    return simplejpeg.decode_jpeg(data, min_width=tw, min_height=th).shape
+
+
+def ours_curate(path: str, keep: bool = False):
+    from ergo_data.imageio import decode_coarse, phash_hex
+
+    view = decode_coarse(Path(path).read_bytes(), BUDGET)
+    phash = phash_hex(view.array)
+    return (view.array, phash) if keep else phash
+
+
+def ours_crop(path: str, keep: bool = False):
+    from ergo_data.imageio import coarse_from_full, crop_from_full, decode_full, phash_hex
+
+    full, info = decode_full(Path(path).read_bytes())
+    view = coarse_from_full(full, info, BUDGET)
+    phash = phash_hex(view.array)
+    crop = crop_from_full(full, info, crop_box(info.size), BUDGET)
+    return (view.array, phash, crop) if keep else phash
+
+
+METHODS = {"naive curate": naive_curate, "limit (scaled decode)": limit_decode, "ours curate": ours_curate,
+           "naive crop": naive_crop, "ours crop": ours_crop}
+
+
+def _warm(_: int) -> None:
+    import imagehash  # noqa: F401
+    import pyvips  # noqa: F401
+    import simplejpeg  # noqa: F401
+
+    from ergo_data import imageio  # noqa: F401
+
+
+# ---- measurement ------------------------------------------------------------------------------------
+def measure(paths: list[Path], workers: int, repeats: int) -> dict[str, float]:
+    """Median images/s of each method over ``repeats`` interleaved rounds on ``workers`` processes."""
+    rates: dict[str, list[float]] = {m: [] for m in METHODS}
+    items = [str(p) for p in paths]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        list(pool.map(_warm, range(workers)))
+        for fn in METHODS.values():  # one untimed pass: page cache, lazy imports, allocator
+            list(pool.map(fn, items[: workers * 2]))
+        for _ in range(repeats):
+            for name, fn in METHODS.items():
+                t0 = time.perf_counter()
+                list(pool.map(fn, items, chunksize=1))
+                rates[name].append(len(items) / (time.perf_counter() - t0))
+    return {m: statistics.median(r) for m, r in rates.items()}
+
+
+def check_equivalence(paths: list[Path]) -> list[str]:
+    """Ours vs naive on every image: mean abs diff < 2/255 and pHash distance <= 2. Returns failures."""
+    import imagehash
+
+    failures, worst = [], {"view": 0.0, "crop": 0.0, "phash": 0}
+    for p in paths:
+        n_view, n_hash, n_crop = naive_crop(str(p), keep=True)
+        checks = [("curate", ours_curate(str(p), keep=True) + (None,)), ("crop", ours_crop(str(p), keep=True))]
+        for path_name, (view, phash, crop) in checks:
+            pairs = [("view", view, n_view)] + ([("crop", crop, n_crop)] if crop is not None else [])
+            for what, ours, ref in pairs:
+                if ours.shape != ref.shape:
+                    failures.append(f"{p.name} {path_name} {what}: shape {ours.shape} != naive {ref.shape}")
+                    continue
+                mad = float(np.abs(ours.astype(np.int16) - ref.astype(np.int16)).mean())
+                worst[what] = max(worst[what], mad)
+                if mad >= 2.0:
+                    failures.append(f"{p.name} {path_name} {what}: mean abs diff {mad:.2f}/255 >= 2/255")
+            dist = imagehash.hex_to_hash(phash) - imagehash.hex_to_hash(n_hash)
+            worst["phash"] = max(worst["phash"], dist)
+            if dist > 2:
+                failures.append(f"{p.name} {path_name}: pHash distance {dist} > 2")
+    print(f"equivalence vs naive on {len(paths)} images: worst mean abs diff view {worst['view']:.2f}/255, "
+          f"crop {worst['crop']:.2f}/255, worst pHash distance {worst['phash']}")
+    return failures
+
+
+def report(workers: int, rates: dict[str, float]) -> list[tuple[str, float, float]]:
+    print(f"\n{workers} worker process{'es' if workers > 1 else ''}: images/s (median)")
+    for m, r in rates.items():
+        print(f"  {m:<24} {r:8.2f}")
+    ratios = [
+        ("curate / naive curate", rates["ours curate"] / rates["naive curate"], TARGETS["curate_vs_naive"]),
+        ("curate / scaled-decode limit", rates["ours curate"] / rates["limit (scaled decode)"],
+         TARGETS["curate_vs_limit"]),
+        ("crop / naive crop", rates["ours crop"] / rates["naive crop"], TARGETS["crop_vs_naive"]),
+    ]
+    for name, value, target in ratios:
+        print(f"  {name:<30} {value:6.2f}  (target >= {target}: {'met' if value >= target else 'NOT met'})")
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=8, help="images per shape (half of them EXIF-rotated)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed rounds per method (median reported)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker process counts")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    paths = image_paths(args.images)
+    print(f"{len(paths)} images ({args.images} per shape {SHAPES}), generated/checked in "
+          f"{time.perf_counter() - t0:.1f} s; {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.2f}; Python {platform.python_version()}")
+    failures = check_equivalence(paths)
+    for w in args.workers:
+        report(w, measure(paths, w, args.repeats))
+    print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
+    for f in failures:
+        print("EQUIVALENCE FAILED:", f)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""``questions``: verifiable questions generated from box annotations (spatial, counting, colour).
+
+Reads an objects-jsonl (``examples/boxes.jsonl`` layout) or COCO json via ``ergo_data.qa.objects`` and
+applies the templates of ``ergo_data.qa.templates``. Every candidate ends as a sample (``category`` =
+template, boxes with their provenance, the evidence in ``provenance``) or as a reject whose reason
+says why it was skipped (``spatial_ambiguous``, ``count_not_exhaustive``, ``no_unique_referent``...).
+
+>>> src = QuestionsSource(name="qa", path=".", annotations="tests/data/qa/objects.jsonl", templates=["spatial"])
+>>> rows = [r for r in src.read() if isinstance(r, dict)]
+>>> row = [r for r in rows if r["id"] == "qa/examples/vstar/doll/spatial/light-switch--sink--x"][0]
+>>> row["question"], row["answer"], row["options"], [b["source"] for b in row["boxes"]]
+('In the image, is the light switch to the left or to the right of the sink?', 'left', ['left', 'right'], ['annotation', 'annotation'])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import numpy as np
+from pydantic import Field
+
+from ergo_data.boxes import Box
+from ergo_data.imageio import DecodeError, crop_from_full, decode_full
+from ergo_data.qa.objects import AnnotatedImage, LoadProblem, load_annotated_images
+from ergo_data.qa.templates import Question, Skip, colour_questions, counting_questions, spatial_questions
+from ergo_data.registry import source_registry
+from ergo_data.schema import BOX_SOURCES, make_row
+from ergo_data.sources.base import Reject, Source, SourceParams
+from ergo_data.stages.base import RecipeError
+
+Template = Literal["spatial", "counting", "colour"]
+
+
+class TemplateParams(SourceParams):
+    """The knobs of the question templates (shared by ``questions`` and ``detector``)."""
+
+    templates: list[Template] = ["spatial", "counting", "colour"]
+    margin: float = Field(0.5, ge=0)  # spatial/referent margin, in mean box extents
+    max_pairs_per_image: int = Field(20, ge=1)
+    min_count: int = Field(2, ge=0)
+    max_count: int = Field(12, ge=1)
+    colour_inner: float = Field(0.6, gt=0, le=1)  # central fraction of the box whose pixels are classified
+    colour_review_below: float = Field(0.6, ge=0, le=1)  # dominant-colour pixel share below this -> needs_review
+    colour_max_pixels: int = Field(128 * 128, ge=64)  # the box is resized under this before classifying
+    choices: int = Field(4, ge=0)  # options per counting/colour question (spatial: 2); 0 = open questions
+    shuffle_seed: int = 0
+
+
+class QuestionsParams(TemplateParams):
+    annotations: str  # objects .jsonl or COCO .json, relative to `path` (or absolute); images relative to `path`
+    exhaustive: bool = False  # every instance of every label is annotated (a jsonl line's `exhaustive` overrides)
+    box_source: str = "annotation"  # provenance of boxes whose file does not say (annotation/human/...)
+
+
+@source_registry.register("questions")
+class QuestionsSource(Source):
+    """Spatial / counting / colour questions from annotated boxes; skipped candidates are rejects with a reason."""
+
+    Params = QuestionsParams
+
+    def check_dependencies(self) -> None:
+        if getattr(self.params, "box_source", "annotation") not in BOX_SOURCES:
+            raise RecipeError(f"source {self.name!r}: box_source must be one of {BOX_SOURCES}, "
+                              f"got {self.params.box_source!r}")
+        if not self.params.templates:
+            raise RecipeError(f"source {self.name!r}: `templates` is empty (choose from spatial, counting, colour)")
+
+    def annotations_path(self) -> Path:
+        p = Path(self.params.annotations).expanduser()
+        p = p if p.is_absolute() else self.root / p
+        if not p.is_file():
+            raise RecipeError(f"source {self.name!r}: annotations file {str(p)!r} does not exist")
+        return p
+
+    def read(self) -> Iterator[dict[str, Any] | Reject]:
+        ann = self.annotations_path()
+        try:
+            items = list(load_annotated_images(ann, self.root, self.params.exhaustive, self.params.box_source))
+        except ValueError as e:
+            raise RecipeError(f"source {self.name!r}: {e}") from None
+        for item in items:
+            if isinstance(item, LoadProblem):
+                yield self.reject(item.key, item.reason, item.detail)
+                continue
+            yield from self.questions_for(item, {"reader": "questions", "annotations": ann.name})
+
+    def questions_for(self, image: AnnotatedImage, origin: dict[str, Any], needs_review: bool = False
+                      ) -> Iterator[dict[str, Any] | Reject]:
+        """Rows (or rejects) of every template for one image; ``needs_review`` flags them all (e.g. detector
+        labels nobody checked)."""
+        p = self.params
+        key, seed = f"{self.name}/{image.key}", p.shuffle_seed
+        if not image.image_path.is_file():
+            yield self.reject(image.key, "image_missing", f"{image.origin.get('image')}: file not found under {self.root}")
+            return
+        generated: list[Question | Skip] = []
+        if "spatial" in p.templates:
+            generated += spatial_questions(image, p.margin, key, seed, choices=p.choices > 0,
+                                           max_pairs=p.max_pairs_per_image)
+        if "counting" in p.templates:
+            generated += counting_questions(image, key, seed, p.choices, p.min_count, p.max_count)
+        if "colour" in p.templates:
+            try:
+                pixels_of = self._pixel_reader(image)
+            except DecodeError as e:
+                yield self.reject(f"{image.key}/colour", e.reason, f"{image.image_path.name}: {e}")
+            else:
+                generated += colour_questions(image, pixels_of, key, seed, p.choices, p.margin, p.colour_inner,
+                                              p.colour_review_below)
+        for g in generated:
+            if isinstance(g, Skip):
+                yield self.reject(f"{image.key}/{g.slug}", g.reason, g.detail)
+                continue
+            provenance = {"generator": g.template, **origin, **{k: v for k, v in image.origin.items() if v is not None},
+                          "evidence": g.evidence, "boxes_frame": p.boxes_frame,
+                          "params": {"margin": p.margin, "seed": seed}}
+            yield make_row(
+                id=f"{key}/{g.slug}", image_path=str(image.image_path), question=g.question, answer=g.answer,
+                source=self.name, boxes=[o.record() for o in g.objects], options=g.options,
+                answer_letter=g.answer_letter, category=g.template, needs_review=g.needs_review or needs_review,
+                provenance=provenance,
+            )
+
+    def _pixel_reader(self, image: AnnotatedImage):
+        """Decode the image once (lazily, on the first colour question) and crop boxes from it."""
+        cache: dict[str, Any] = {}
+
+        def pixels_of(box: Box) -> np.ndarray:
+            if "full" not in cache:
+                cache["full"], cache["info"] = decode_full(image.image_path.read_bytes())
+            return crop_from_full(cache["full"], cache["info"], box, self.params.colour_max_pixels)
+
+        if image.objects:
+            pixels_of(image.objects[0].box)  # decode now so that a bad image is one reject, not a crash later
+        return pixels_of

@@ -1,0 +1,192 @@
+"""Metrics and the report of an evaluation run: accuracy with n and a Wilson 95% CI, per mode and category.
+
+Every record counts in the denominator: a failure (malformed item, unreadable image, exception, timeout,
+unparseable answer) is WRONG and is listed, never dropped (the reference ERGO eval drops them).
+
+>>> recs = [{"mode": "direct", "category": "ocr", "status": "ok", "correct": True, "vision_tokens": 100},
+...         {"mode": "direct", "category": "ocr", "status": "timeout", "correct": False, "vision_tokens": 100},
+...         {"mode": "direct", "category": None, "status": "unparseable", "correct": False}]
+>>> s = summarize(recs)["modes"]["direct"]
+>>> s["n"], s["correct"], round(s["accuracy"], 3), s["failures"], s["vision_tokens_mean"]
+(3, 1, 0.333, {'timeout': 1, 'unparseable': 1}, 100.0)
+>>> [round(v, 3) for v in (s["ci_low"], s["ci_high"])]
+[0.061, 0.792]
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+# Status of one (item, mode) result; anything but "ok" is a failure and counts as WRONG.
+STATUSES = {
+    "ok": "an answer was parsed and compared with the ground truth",
+    "unparseable": "no answer could be parsed from the output",
+    "exception": "inference raised an exception",
+    "timeout": "the item ran past the time limit",
+    "bad_item": "the benchmark item is malformed (reason in the detail)",
+    "bad_image": "the image could not be decoded",
+    "no_gt_box": "oracle_crop needs a ground-truth box and the item has none",
+}
+CI_METHOD = "Wilson score interval, 95% (scipy.stats.binomtest(...).proportion_ci(method='wilson'))"
+UNCATEGORIZED = "(none)"
+
+
+def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion; ``(nan, nan)`` for ``n == 0``.
+
+    >>> [round(v, 3) for v in wilson_interval(8, 10)]
+    [0.49, 0.943]
+    """
+    if n == 0:
+        return (math.nan, math.nan)
+    from scipy.stats import binomtest
+
+    ci = binomtest(int(correct), int(n)).proportion_ci(confidence_level=confidence, method="wilson")
+    return (float(ci.low), float(ci.high))
+
+
+def _mean(values: Iterable[Any]) -> float | None:
+    vals = [float(v) for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def group_stats(records: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Accuracy, CI, failures by status and per-item means for one group of records."""
+    n = len(records)
+    correct = sum(1 for r in records if r.get("correct"))
+    low, high = wilson_interval(correct, n)
+    failures: dict[str, int] = defaultdict(int)
+    for r in records:
+        if r.get("status") != "ok":
+            failures[r.get("status") or "exception"] += 1
+    with_box = [r for r in records if r.get("iou") is not None]
+    return {
+        "n": n, "correct": correct, "accuracy": correct / n if n else math.nan, "ci_low": low, "ci_high": high,
+        "failures": dict(sorted(failures.items())), "n_failed": sum(failures.values()),
+        "vision_tokens_mean": _mean(r.get("vision_tokens") for r in records),
+        "n_measured": sum(1 for r in records if r.get("vision_tokens") is not None),
+        "wall_s_mean": _mean(r.get("wall_s") for r in records),
+        "iou_mean": _mean(r["iou"] for r in with_box), "n_iou": len(with_box),
+        "box_area_frac_mean": _mean(r.get("box_area_frac") for r in records),
+        "zoom_failed": sum(1 for r in records if r.get("zoom_ok") is False),
+    }
+
+
+def summarize(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """``{"modes": {mode: stats}, "categories": {mode: {category: stats}}}`` in first-seen mode order."""
+    by_mode: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_mode[r["mode"]].append(r)
+    out: dict[str, Any] = {"modes": {}, "categories": {}}
+    for mode, recs in by_mode.items():
+        out["modes"][mode] = group_stats(recs)
+        by_cat: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+        for r in recs:
+            by_cat[r.get("category") or UNCATEGORIZED].append(r)
+        out["categories"][mode] = {c: group_stats(v) for c, v in sorted(by_cat.items())}
+    return out
+
+
+def _fmt(v: Any, digits: int = 1, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{100 * v:.{digits}f}" if pct else f"{v:.{digits}f}"
+
+
+def plot_accuracy_vs_tokens(summary: Mapping[str, Any], path: Path, title: str) -> Path:
+    """One point per mode: mean vision tokens per item (x) vs accuracy with its 95% CI (y)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for mode, s in summary["modes"].items():
+        x = s["vision_tokens_mean"] if s["vision_tokens_mean"] is not None else 0.0
+        y = 100 * s["accuracy"] if s["n"] else math.nan
+        err = [[y - 100 * s["ci_low"]], [100 * s["ci_high"] - y]] if s["n"] else None
+        ax.errorbar([x], [y], yerr=err, fmt="o", capsize=4, label=f"{mode} (n={s['n']})")
+        ax.annotate(mode, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlabel("vision tokens per item (all turns)")
+    ax.set_ylabel("accuracy % (95% Wilson CI)")
+    ax.set_ylim(-2, 102)
+    xs = [s["vision_tokens_mean"] or 0.0 for s in summary["modes"].values()]
+    ax.set_xlim(0, max(xs + [1.0]) * 1.3)  # room for the labels
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def render_markdown(summary: Mapping[str, Any], records: list[Mapping[str, Any]], meta: Mapping[str, Any],
+                    plot_name: str | None, max_failures_listed: int = 50) -> str:
+    """The Markdown report: run settings, a table per mode, per category, and the failures."""
+    lines = [f"# Evaluation: {meta.get('bench')} with {meta.get('model')}", ""]
+    for k, v in meta.items():
+        lines.append(f"- **{k}**: {v}")
+    lines += [f"- **CI**: {CI_METHOD}",
+              ("- Every failure (malformed item, bad image, exception, timeout, unparseable answer) counts as "
+              "WRONG and stays in the denominator."), "",
+              "## Accuracy per mode", "",
+              ("| mode | n | correct | accuracy % | 95% CI % | failed (counted wrong) | vision tokens / item "
+              "| wall s / item | IoU with GT box (n) | box area frac | zoom failed |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for mode, s in summary["modes"].items():
+        failed = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "0"
+        lines.append(
+            f"| {mode} | {s['n']} | {s['correct']} | {_fmt(s['accuracy'], pct=True)} | "
+            f"{_fmt(s['ci_low'], pct=True)}–{_fmt(s['ci_high'], pct=True)} | {failed} | "
+            f"{_fmt(s['vision_tokens_mean'], 0)} | {_fmt(s['wall_s_mean'], 2)} | "
+            f"{_fmt(s['iou_mean'], 3)} ({s['n_iou']}) | {_fmt(s['box_area_frac_mean'], 3)} | {s['zoom_failed']} |")
+    lines += ["", ("Vision tokens and wall time are means over the items that reached inference; IoU is over the "
+              "items with a ground-truth box (a missing or malformed zoom box counts as IoU 0); box area frac "
+              "is the area of the region shown in the answer turn over the image area (1 = whole image)."), ""]
+    if plot_name:
+        lines += [f"![accuracy vs vision tokens]({plot_name})", ""]
+    lines += ["## Per category", "", "| mode | category | n | correct | accuracy % | 95% CI % | failed |",
+              "|---|---|---|---|---|---|---|"]
+    for mode, cats in summary["categories"].items():
+        for cat, s in cats.items():
+            lines.append(f"| {mode} | {cat} | {s['n']} | {s['correct']} | {_fmt(s['accuracy'], pct=True)} | "
+                         f"{_fmt(s['ci_low'], pct=True)}–{_fmt(s['ci_high'], pct=True)} | {s['n_failed']} |")
+    failures = [r for r in records if r.get("status") != "ok"]
+    lines += ["", f"## Failures ({len(failures)}, all counted wrong)", ""]
+    if failures:
+        lines += ["| mode | id | status | detail |", "|---|---|---|---|"]
+        for r in failures[:max_failures_listed]:
+            detail = html.escape(str(r.get("error") or "")[:200]).replace("|", "\\|").replace("\n", " ")
+            lines.append(f"| {r['mode']} | {r['id']} | {r.get('status')} | {detail} |")
+        if len(failures) > max_failures_listed:
+            lines.append(f"\n{len(failures) - max_failures_listed} more: every failure is in `failures.jsonl`.")
+    else:
+        lines.append("None.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(records: list[Mapping[str, Any]], out_dir: str | Path, meta: Mapping[str, Any]) -> dict[str, Path]:
+    """Write ``summary.json``, ``failures.jsonl``, ``accuracy_vs_tokens.png`` and ``report.md`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(records)
+    paths = {"summary": out / "summary.json", "failures": out / "failures.jsonl",
+             "plot": out / "accuracy_vs_tokens.png", "report": out / "report.md"}
+    paths["summary"].write_text(json.dumps({"meta": dict(meta), "ci_method": CI_METHOD, **summary}, indent=2,
+                                           default=str), encoding="utf-8")
+    with paths["failures"].open("w", encoding="utf-8") as f:
+        for r in records:
+            if r.get("status") != "ok":
+                f.write(json.dumps({k: r.get(k) for k in ("mode", "id", "category", "status", "error")}) + "\n")
+    title = f"{meta.get('bench')} · {meta.get('model')}"
+    plot_accuracy_vs_tokens(summary, paths["plot"], title)
+    paths["report"].write_text(render_markdown(summary, records, meta, paths["plot"].name), encoding="utf-8")
+    return paths
