@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
@@ -265,17 +266,20 @@ def write_card(out_dir: str | Path, quiet: bool = False, n_kept: int = 8, n_per_
     with Progress(quiet=quiet) as prog:
         if draw_plots:
             measured = measure_rejects(out, rejects, seed, prog)
-            made = make_plots(out, cols, stats, measured["rows"], band, folder, prog)
+            made = make_plots(out, cols, stats, rejects, measured["rows"], band, folder, prog)
             max_pixels = band.max_pixels if band else BUDGETS[1280]
             tokens = max_pixels // (PATCH * PATCH)
             sheets = write_gallery(out, folder, kept, rejects, seed, max_pixels, f"@{tokens} tokens",
                                    n_kept, n_per_reason, prog)
+        else:
+            for old in folder.glob("*.png"):
+                old.unlink()  # plots of an earlier run would contradict this card
     facts = {"stats": stats, "recipe_text": recipe_text, "recipe": recipe, "recipe_problem": recipe_problem,
              "sources": sources, "cols": cols, "n_kept": kept.num_rows, "rejects": rejects, "plots": made,
              "sheets": sheets, "measured": measured, "band": band, "gamma": GAMMA, "seed": seed,
              "draw_plots": draw_plots, "version": code_version(), "curated_at": _mtime(stats_path),
              "written_at": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-             "embedded": sum(1 for i in (kept.column("image").to_pylist() if kept.num_rows else []) if i and i["bytes"])}
+             "embedded": _embedded_count(kept)}
     card = DatasetCard(f"---\n{card_data(stats, sources, recipe, out).to_yaml()}\n---\n\n{render_body(facts)}")
     path = out / "README.md"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -305,8 +309,8 @@ def card_data(stats: dict[str, Any], sources: list[SourceInfo], recipe: Recipe |
     )
 
 
-def make_plots(out: Path, cols: dict[str, list], stats: dict[str, Any], measured: list[dict[str, Any]],
-               band: P.Band | None, folder: Path, prog=None) -> list[P.Plot]:
+def make_plots(out: Path, cols: dict[str, list], stats: dict[str, Any], rejects: list[dict[str, Any]],
+               measured: list[dict[str, Any]], band: P.Band | None, folder: Path, prog=None) -> list[P.Plot]:
     """All plots of the card into ``folder`` (stale ones removed); those with no data are left out."""
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):
@@ -318,7 +322,7 @@ def make_plots(out: Path, cols: dict[str, list], stats: dict[str, Any], measured
     if labels:
         wanted = {lab["id"] for lab in labels}
         kept_by_id = {r["id"]: r for r in read_parts(out / "data", "*.parquet").to_pylist() if r["id"] in wanted}
-    jobs = [lambda: P.plot_per_source(stats["sources"], reject_rows(out), folder),
+    jobs = [lambda: P.plot_per_source(stats["sources"], rejects, folder),
             lambda: P.plot_area(cols, measured, GAMMA, folder),
             lambda: P.plot_short_side(cols, measured, band, folder),
             lambda: P.plot_tokens(cols, folder),
@@ -340,16 +344,30 @@ def _image_dirs(out: Path, kept, rejects: list[dict[str, Any]]) -> dict[str, Pat
     """Per source, the common folder of its images (kept rows, else rejected rows in ``.work/inputs``)."""
     paths: dict[str, list[str]] = {}
     if kept.num_rows:
-        for src, img in zip(kept.column("source").to_pylist(), kept.column("image").to_pylist()):
-            if img and img.get("path"):
-                paths.setdefault(src, []).append(img["path"])
+        image_paths = pc.struct_field(kept.column("image"), "path").to_pylist()
+        for src, path in zip(kept.column("source").to_pylist(), image_paths):
+            if path:
+                paths.setdefault(src, []).append(path)
     missing = {r["source"] for r in rejects} - set(paths)
     if missing:
         ids = [r["id"] for r in rejects if r["source"] in missing]
         for row in input_rows(out, ids[:1000]).values():
             if (row.get("image") or {}).get("path"):
                 paths.setdefault(row["source"], []).append(row["image"]["path"])
-    return {s: Path(os.path.commonpath([str(Path(p).parent) for p in ps])) for s, ps in paths.items() if ps}
+    out_dirs = {}
+    for s, ps in paths.items():
+        try:
+            out_dirs[s] = Path(os.path.commonpath([str(Path(p).parent) for p in ps]))
+        except ValueError:  # relative and absolute paths mixed: no common folder
+            continue
+    return out_dirs
+
+
+def _embedded_count(kept) -> int:
+    """Rows whose image bytes are in the shards (without pulling the bytes into Python)."""
+    if not kept.num_rows:
+        return 0
+    return int(pc.sum(pc.is_valid(pc.struct_field(kept.column("image"), "bytes"))).as_py() or 0)
 
 
 def _mtime(path: Path) -> str:

@@ -286,6 +286,7 @@ def safe_tile(sample_id: str, row: dict[str, Any] | None, max_pixels: int, rejec
 
 def contact_sheet(tiles: list[Image.Image], title: str, columns: int = 2) -> Image.Image:
     """Tiles on a grid under a title line."""
+    columns = max(1, min(columns, len(tiles)))
     tw, th = max(t.width for t in tiles), max(t.height for t in tiles)
     rows = -(-len(tiles) // columns)
     head = 30

@@ -171,6 +171,8 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, workers: int = 1, quiet: b
         for sub in ("data", "rejects"):
             shutil.rmtree(out / sub, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    for stale in [*out.glob(".*.tmp-*"), *work.rglob(".*.tmp-*")]:  # half-written files of a killed run
+        stale.unlink(missing_ok=True)
     fp_file.write_text(fp)
     stages = build_stages(recipe)  # validates every stage's params before any work starts
     segments = plan_segments(recipe, stages)

@@ -39,6 +39,7 @@ from ergo_data.sources.base import load_json_file
 from ergo_data.sources.vstar import VstarItemError, find_vstar_items, read_vstar_item
 
 BENCHES = ("vstar", "hrbench", "mme")
+BENCHES_WITH_BOXES = ("vstar",)  # ground-truth boxes: IoU and oracle_crop
 LETTERS = "ABCDEFGHIJ"
 HRBENCH_REQUIRED = ("index", "question", "answer", "image", "A", "B")
 MME_REQUIRED = ("Question_id", "Image", "Text", "Answer choices", "Ground truth")

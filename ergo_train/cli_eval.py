@@ -41,7 +41,7 @@ def eval_command(
 ) -> None:
     """Evaluate a model on a benchmark; every failure counts as WRONG and is listed in the report."""
     from rich.console import Console
-    from rich.progress import Progress
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from ergo_train.bench_loaders import BENCHES, BenchFormatError
     from ergo_train.evaluate import MODES, EvalSettings, run_eval
@@ -61,12 +61,12 @@ def eval_command(
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
         fail(f"unknown dtype {dtype!r}; valid: auto, bfloat16, float16, float32")
     settings = EvalSettings(max_pixels=max_pixels, max_new_tokens=max_new_tokens, timeout_s=timeout)
-    with Progress(console=console, disable=quiet, transient=True) as progress:
+    columns = (SpinnerColumn(), TextColumn("{task.description}: {task.completed} records"), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
         task = progress.add_task(f"{bench} x {','.join(modes)}", total=None)
         try:
             paths = run_eval(bench, path, model, modes, out, settings=settings, limit=limit, shuffle_seed=seed,
-                             device=device, dtype=dtype, on_start=lambda n: progress.update(task, total=n),
-                             on_record=lambda rec: progress.advance(task))
+                             device=device, dtype=dtype, on_record=lambda rec: progress.advance(task))
         except (BenchFormatError, ValueError, OSError) as e:
             fail(str(e))
     _print_summary(console, paths["summary"])
@@ -82,8 +82,8 @@ def _print_summary(console, summary_path: Path) -> None:
 
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     table = Table(title="accuracy (every failure counted wrong; 95% Wilson CI)")
-    for col in ("mode", "n", "correct", "accuracy %", "95% CI %", "failed", "vision tokens/item", "wall s/item"):
-        table.add_column(col)
+    for col in ("mode", "n", "correct", "acc %", "95% CI %", "failed", "tokens/item", "s/item"):
+        table.add_column(col, no_wrap=True)
     def pct(v: float | None) -> str:
         return "–" if v is None or math.isnan(v) else f"{100 * v:.1f}"
 

@@ -26,7 +26,8 @@ filter that separates "needs zoom" items from items answerable at low resolution
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal
 
 from PIL import Image, ImageDraw, ImageStat
 
@@ -49,7 +50,7 @@ def counterfactual_views(image: Image.Image, box: Box, max_pixels: int = DEFAULT
     low, _ = coarse_view(image, low_max_pixels)
     masked = full.copy()
     x1, y1, x2, y2 = box.to_model(size, image.size)
-    fill = tuple(int(round(c)) for c in ImageStat.Stat(full).mean[:3])
+    fill = tuple(round(c) for c in ImageStat.Stat(full).mean[:3])
     # one pixel outward so no edge of the region survives the resize
     ImageDraw.Draw(masked).rectangle([math.floor(x1) - 1, math.floor(y1) - 1, math.ceil(x2), math.ceil(y2)], fill=fill)
     return {"full": full, "low": low, "crop": crop_at_budget(image, box, max_pixels), "masked": masked}

@@ -11,6 +11,7 @@ The stage runs a policy ``k`` times per sample through the training rollout (``e
 | ``zero_variance`` | ``reward_std < 1e-4``: a GRPO group on this sample would teach nothing |
 | ``zoom_rate`` | fraction of runs that called the zoom tool |
 | ``difficulty_k`` | k |
+| ``difficulty_runs`` | with ``keep_runs: true``: JSON list of the runs (turn texts, zoom, rewards) |
 
 A later ``sql`` stage can then drop zero-variance items (``where: "NOT zero_variance"``) or keep a target
 mix (``where: "acc_rate BETWEEN 0.1 AND 0.9"``). Runs are seeded per sample id, so the values do not depend
@@ -25,6 +26,7 @@ on the order or the chunking of the rows. Any Hugging Face Qwen-VL checkpoint wo
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -51,6 +53,7 @@ class DifficultyParams(Params):
     seed: int = 0
     dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32
     device: str | None = None  # e.g. "cuda"; default: where the model loads (CPU without accelerate maps)
+    keep_runs: bool = False  # also store each run (turn texts, zoom, rewards) as JSON in `difficulty_runs`
 
 
 @stage_registry.register("difficulty")
@@ -118,7 +121,7 @@ class DifficultyStage(RowStage):
         image = row_image(row["image"])
         sample = {**row, "image": image}
         kwargs = self._generate_kwargs(processor)
-        completions, envs = [], []
+        completions, envs, results = [], [], []
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_sample_seed(self.params.seed, str(row.get("id"))))
             if torch.cuda.is_available():
@@ -129,6 +132,7 @@ class DifficultyStage(RowStage):
                                     max_new_tokens=self.params.max_new_tokens, generate_kwargs=kwargs, env=env)
                 completions.append(res.completion)
                 envs.append(env)
+                results.append(res)
         k = self.params.k
         columns = {key: [value] * k for key, value in sample.items()}
         columns["environments"] = envs
@@ -139,7 +143,7 @@ class DifficultyStage(RowStage):
         totals = [sum(self.weights[n] * _num(v[i]) for n, v in scores.items()) for i in range(k)]
         mean = sum(totals) / k
         std = math.sqrt(sum((t - mean) ** 2 for t in totals) / k)
-        return {
+        out = {
             "pass_at_k": 1.0 if any(c == 1.0 for c in correct) else 0.0,
             "acc_rate": sum(correct) / k,
             "reward_mean": mean,
@@ -148,6 +152,13 @@ class DifficultyStage(RowStage):
             "zoom_rate": sum(1 for e in envs if e.zoomed) / k,
             "difficulty_k": k,
         }
+        if self.params.keep_runs:
+            out["difficulty_runs"] = json.dumps([
+                {"turn1": r.turn1_text, "turn2": r.turn2_text, "zoom": r.zoom_args,
+                 "zoom_error": r.zoom.error if r.zoom is not None else None,
+                 "rewards": {n: scores[n][i] for n in scores}, "total": totals[i]}
+                for i, r in enumerate(results)])
+        return out
 
 
 def _num(value: float | None) -> float:

@@ -164,7 +164,7 @@ def render_markdown(summary: Mapping[str, Any], records: list[Mapping[str, Any]]
     if failures:
         lines += ["| mode | id | status | detail |", "|---|---|---|---|"]
         for r in failures[:max_failures_listed]:
-            detail = html.escape(str(r.get("error") or "")[:200]).replace("|", "\\|").replace("\n", " ")
+            detail = html.escape(str(r.get("error") or "")[:200], quote=False).replace("|", "\\|").replace("\n", " ")
             lines.append(f"| {r['mode']} | {r['id']} | {r.get('status')} | {detail} |")
         if len(failures) > max_failures_listed:
             lines.append(f"\n{len(failures) - max_failures_listed} more: every failure is in `failures.jsonl`.")

@@ -19,6 +19,7 @@ an unparseable answer is WRONG and stays in the denominator (``eval_report`` cou
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -268,24 +269,25 @@ def load_eval_model(name: str, max_pixels: int, device: str = "auto", dtype: str
 def run_eval(bench: str, path: str | Path, model_name: str, modes: list[str], out_dir: str | Path, *,
              settings: EvalSettings | None = None, limit: int | None = None, shuffle_seed: int = 0,
              device: str = "auto", dtype: str = "auto", model_and_processor: tuple[Any, Any] | None = None,
-             on_start: Callable[[int], None] | None = None,
              on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Path]:
-    """Load ``bench`` and the model, run ``modes``, write ``results.jsonl`` (streamed) and the report.
+    """Run ``modes`` of ``model_name`` on ``bench``; write ``results.jsonl`` (streamed) and the report.
 
-    ``on_start(n_records)`` is called once the items are loaded, ``on_record(record)`` after each record.
+    Items are read lazily (HR-Bench images are not all held in memory); input errors (path, header) are
+    raised before the model loads. ``on_record(record)`` is called after each record.
     """
-    from ergo_train.bench_loaders import load_bench
+    from ergo_train.bench_loaders import BENCHES_WITH_BOXES, load_bench
     from ergo_train.eval_report import write_report
 
     settings = settings or EvalSettings()
     bad = [m for m in modes if m not in RUNNERS]
     if bad:
         raise ValueError(f"unknown mode(s) {bad}; valid: {', '.join(MODES)}")
-    items = list(load_bench(bench, path, shuffle_seed=shuffle_seed, limit=limit))
-    if "oracle_crop" in modes and not any(isinstance(i, BenchItem) and i.boxes for i in items):
-        raise ValueError(f"oracle_crop needs ground-truth boxes and {bench} at {str(path)!r} has none")
-    if on_start is not None:
-        on_start(len(items) * len(modes))
+    if "oracle_crop" in modes and bench not in BENCHES_WITH_BOXES:
+        raise ValueError(f"oracle_crop needs ground-truth boxes and {bench} has none (only "
+                         f"{', '.join(BENCHES_WITH_BOXES)})")
+    items = iter(load_bench(bench, path, shuffle_seed=shuffle_seed, limit=limit))
+    first = next(items, None)  # reads the header / first item now: input errors before the model loads
+    items = itertools.chain([first] if first is not None else [], items)
     model, processor = model_and_processor or load_eval_model(model_name, settings.max_pixels, device, dtype)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +302,8 @@ def run_eval(bench: str, path: str | Path, model_name: str, modes: list[str], ou
 
         records = evaluate(items, model, processor, modes, settings, on_record=write)
     meta = {"bench": bench, "path": str(path), "model": model_name, "modes": ", ".join(modes),
-            "items": len(items), "malformed items": sum(isinstance(i, BadItem) for i in items),
+            "items": len(records) // max(len(modes), 1),
+            "malformed items": sum(r["status"] == "bad_item" for r in records) // max(len(modes), 1),
             "max_pixels": settings.max_pixels, "max_new_tokens": settings.max_new_tokens,
             "timeout_s": settings.timeout_s, "device": str(getattr(model, "device", "?")),
             "option shuffle seed": shuffle_seed if bench == "vstar" else "n/a (the file fixes the letters)",

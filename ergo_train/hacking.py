@@ -16,12 +16,18 @@ expectations (empty = the rewards rank the suite as intended).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ergo_train.counterfactual import region_of
 from ergo_train.rewards import (
-    DEFAULT_ALPHA, DEFAULT_BETA, DEFAULT_GAMMA, DEFAULT_MAX_PIXELS, reward_components, seen_size,
+    DEFAULT_ALPHA,
+    DEFAULT_BETA,
+    DEFAULT_GAMMA,
+    DEFAULT_MAX_PIXELS,
+    reward_components,
+    seen_size,
 )
 
 COMPONENTS = ("r_format", "r_acc", "r_box", "r_region", "r_tce", "total")
@@ -189,15 +195,21 @@ def print_table(rows: Sequence[Mapping[str, Any]], problems: Sequence[str] = (),
     from rich.table import Table
 
     console = console or Console()
+    wide = console.width >= 120  # narrow terminals get the descriptions as a list below the table
     table = Table(title="reward-hacking replay")
-    table.add_column("hack")
+    table.add_column("hack", no_wrap=True)
     for c in COMPONENTS:
-        table.add_column(c, justify="right")
-    table.add_column("what it tries")
+        table.add_column(c.removeprefix("r_"), justify="right")
+    if wide:
+        table.add_column("what it tries")
     bad = {p.split(":")[0] for p in problems}
     for r in rows:
         name = f"[red]{r['hack']}[/]" if r["hack"] in bad else r["hack"]
-        table.add_row(name, *["-" if r[c] is None else f"{r[c]:g}" for c in COMPONENTS], r["description"])
+        cells = ["-" if r[c] is None else f"{r[c]:g}" for c in COMPONENTS]
+        table.add_row(name, *cells, *([r["description"]] if wide else []))
     console.print(table)
+    if not wide:
+        for r in rows:
+            console.print(f"  {r['hack']}: {r['description']}")
     for p in problems:
         console.print(f"[red]broken expectation:[/] {p}")

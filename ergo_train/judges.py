@@ -20,15 +20,17 @@ Verdict(correct=True, confidence=1.0, detail='covers 100% of the best human-answ
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import re
 import sqlite3
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -93,22 +95,25 @@ class VLMJudge(Judge):
     """A frozen VLM answers the question from the crop alone (options lettered as in the rollout's turn 2).
 
     ``model``: ``"tiny"``, a checkpoint directory, a hub name available offline, or a ``(model, processor)``
-    pair. Multiple-choice items take one batched forward pass: verdict = the most likely option letter is the
-    correct one, confidence = its probability renormalized over the option letters. Open questions generate
-    greedily (``max_new_tokens``) and compare normalized text (confidence None).
+    pair; ``dtype``, ``device`` or ``device_map="auto"`` place a large judge. Multiple-choice items take one
+    batched forward pass: verdict = the most likely option letter is the correct one, confidence = its
+    probability renormalized over the option letters. Open questions generate greedily (``max_new_tokens``)
+    and compare normalized text (confidence None).
     """
 
     name = "vlm"
 
     def __init__(self, model: Any = "tiny", *, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 8,
-                 max_new_tokens: int = 16, dtype: str | None = None, device: str | None = None) -> None:
+                 max_new_tokens: int = 16, dtype: str | None = None, device: str | None = None,
+                 device_map: str | None = None) -> None:
         from ergo_train.tiny import load_model
 
         if isinstance(model, (tuple, list)):
             self.model, self.processor = model
             self.model_name = str(getattr(self.model.config, "_name_or_path", "") or f"in-memory-{id(self.model)}")
         else:
-            self.model, self.processor = load_model(str(model), max_pixels=max_pixels, dtype=dtype)
+            extra = {"device_map": device_map} if device_map else {}
+            self.model, self.processor = load_model(str(model), max_pixels=max_pixels, dtype=dtype, **extra)
             self.model_name = str(model)
         if device:
             self.model.to(device)
@@ -117,6 +122,10 @@ class VLMJudge(Judge):
         self.max_new_tokens = int(max_new_tokens)
         self.tokenizer = self.processor.tokenizer
         self._lock = threading.Lock()  # the processor's padding side is flipped per call
+        # never generate vision placeholders: Qwen's rope index would look for images that do not exist
+        vocab = self.tokenizer.get_vocab()
+        self._suppress = [vocab[t] for t in ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
+                                              "<|video_pad|>") if t in vocab]
 
     @property
     def fingerprint(self) -> str:
@@ -151,7 +160,7 @@ class VLMJudge(Judge):
         for chunk in _chunks(open_, self.batch_size):
             for i, v in zip(chunk, self._generate([requests[i] for i in chunk])):
                 out[i] = v
-        return [v for v in out if v is not None]
+        return out  # type: ignore[return-value]
 
     def _choose(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
         import torch
@@ -173,7 +182,8 @@ class VLMJudge(Judge):
 
         with self._lock, _left_padding(self.tokenizer), torch.no_grad():
             inputs = self._inputs(requests)
-            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+            out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
+                                      suppress_tokens=self._suppress or None)
         texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return [Verdict(answer_matches(t.strip(), r.options, r.answer, r.answer_letter), None, f"said {t.strip()!r}")
                 for t, r in zip(texts, requests)]
@@ -207,7 +217,7 @@ def _chunks(items: list[int], n: int) -> Iterable[list[int]]:
 
 
 # ---- (b) OCR + rules, for text questions -----------------------------------------------------------
-_STOPWORDS = frozenset("a an the is are of on in to for and or at by it its this that with from".split())
+_STOPWORDS = frozenset(["a", "an", "the", "is", "are", "of", "on", "in", "to", "for", "and", "or", "at", "by", "it", "its", "this", "that", "with", "from"])
 _TOKEN = re.compile(r"[0-9a-z]+")
 
 
@@ -430,13 +440,33 @@ class RegionQuery:
 
 
 def image_sha256(value: Any) -> str:
-    """sha256 of a row image's file bytes (PIL images: of their pixels)."""
+    """sha256 of a row image's file bytes (PIL images: of their pixels); files are hashed once per process."""
     if isinstance(value, Image.Image):
         return hashlib.sha256(value.tobytes()).hexdigest()
     if isinstance(value, Mapping):
         value = value.get("bytes") or value.get("path")
-    data = bytes(value) if isinstance(value, (bytes, bytearray)) else Path(value).read_bytes()
-    return hashlib.sha256(data).hexdigest()
+    if isinstance(value, (bytes, bytearray)):
+        return hashlib.sha256(bytes(value)).hexdigest()
+    if value is None:
+        raise JudgeError("the row image has neither bytes nor path")
+    return _file_sha256(str(value))
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _cache_identity(q: RegionQuery) -> str:
+    """The image part of a cache key: its sha256, else (no image to hash) the sample id."""
+    if q.image_sha256:
+        return q.image_sha256
+    try:
+        return image_sha256(q.image)
+    except (JudgeError, OSError):
+        if q.sample_id is None:
+            raise JudgeError("cannot cache a verdict: the query has no image sha256, no readable image and no id")
+        return f"id:{q.sample_id}"
 
 
 def judge_regions(judge: Judge, queries: Sequence[RegionQuery], cache: JudgeCache | None = None) -> list[Verdict]:
@@ -446,11 +476,21 @@ def judge_regions(judge: Judge, queries: Sequence[RegionQuery], cache: JudgeCach
     verdicts: list[Verdict | None] = [None] * len(queries)
     keys: list[str | None] = [None] * len(queries)
     todo: list[int] = []
+    first_of: dict[str, int] = {}  # a key seen earlier in this call: judged once, shared
+    duplicates: list[tuple[int, int]] = []
+    identities: dict[int, str] = {}  # id(row image) -> sha256: a GRPO group shares one image object
     for i, q in enumerate(queries):
         if cache is not None:
-            sha = q.image_sha256 or image_sha256(q.image)
-            keys[i] = JudgeCache.key(judge.fingerprint, sha, q.box, q.question, q.options, q.answer, q.view)
-            verdicts[i] = cache.get(keys[i])
+            if id(q.image) not in identities:
+                identities[id(q.image)] = _cache_identity(q)
+            keys[i] = key = JudgeCache.key(judge.fingerprint, identities[id(q.image)], q.box, q.question, q.options,
+                                           q.answer, q.view)
+            if key in first_of:
+                duplicates.append((i, first_of[key]))
+                cache.hits += 1
+                continue
+            first_of[key] = i
+            verdicts[i] = cache.get(key)
         if verdicts[i] is None:
             todo.append(i)
     decoded: dict[Any, Image.Image] = {}
@@ -468,4 +508,8 @@ def judge_regions(judge: Judge, queries: Sequence[RegionQuery], cache: JudgeCach
         verdicts[i] = v
         if cache is not None and keys[i] is not None:
             cache.put(keys[i], v)
-    return [v for v in verdicts if v is not None]
+    for i, j in duplicates:
+        verdicts[i] = verdicts[j]
+    if any(v is None for v in verdicts):
+        raise JudgeError(f"judge {judge.name!r} returned fewer verdicts than items")
+    return verdicts  # type: ignore[return-value]

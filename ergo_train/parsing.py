@@ -43,11 +43,11 @@ Coords = tuple[float, float, float, float]
 
 _NUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # ASCII digits only: no full-width '１'
 _TAG_BODY = re.compile(rf"\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]\s*")
-_TAG_ZOOM = re.compile(r"<zoom>(.*?)</zoom>", re.S)
-_HERMES = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
+_TAG_ZOOM = re.compile(r"<zoom>(.*?)</zoom>", re.DOTALL)
+_HERMES = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _LETTER = re.compile(r"\(?([A-Za-z])\)?[.):]?")
-_LETTER_TEXT = re.compile(r"\(?([A-Za-z])\)?[.):]\s*(.+)", re.S)
+_LETTER_TEXT = re.compile(r"\(?([A-Za-z])\)?[.):]\s*(.+)", re.DOTALL)
 _SPACE = re.compile(r"\s+")
 
 
@@ -59,7 +59,7 @@ class ParsedCompletion:
     ``format_error``: None when the completion has the two-turn format (one zoom, then one answer).
     """
 
-    __slots__ = ("zoom", "zoom_error", "answer", "answer_error", "format_error", "form")
+    __slots__ = ("answer", "answer_error", "form", "format_error", "zoom", "zoom_error")
 
     def __init__(self, zoom: Coords | None, zoom_error: str | None, answer: str | None,
                  answer_error: str | None, format_error: str | None, form: str | None) -> None:
@@ -114,7 +114,7 @@ def zoom_on_original(zoom: Coords, seen_size: Size, original_size: Size) -> Coor
 def _coords_from_arguments(args: Any) -> tuple[Coords | None, str | None]:
     if type(args) is str:
         try:
-            args = json.loads(args, parse_constant=_reject_constant)
+            args = _JSON.decode(args)
         except ValueError as e:
             return None, f"zoom arguments are not JSON ({e})"
     if not isinstance(args, Mapping):
@@ -133,10 +133,13 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a finite number")
 
 
+_JSON = json.JSONDecoder(parse_constant=_reject_constant)  # one decoder: json.loads(..., hook) builds one per call
+
+
 def _hermes_call(body: str) -> tuple[bool, Coords | None, str | None]:
     """``(is_zoom, coords, error)`` for the JSON inside one ``<tool_call>`` block."""
     try:
-        call = json.loads(body, parse_constant=_reject_constant)
+        call = _JSON.decode(body)
     except ValueError as e:
         return True, None, f"<tool_call> is not JSON ({e})"  # unreadable: counted as a (bad) zoom attempt
     if not isinstance(call, Mapping) or call.get("name") != ZOOM_TOOL:

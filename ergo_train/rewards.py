@@ -31,9 +31,10 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from ergo_data.boxes import BoxError, Size
 from ergo_data.vision import resized_size
@@ -82,6 +83,13 @@ def _image_size(value: Any) -> Size | None:
 def original_sizes(columns: Mapping[str, Any], n: int) -> list[Size]:
     """``(width, height)`` of each sample's original image: the ``width``/``height`` columns, else ``image``."""
     widths, heights, images = columns.get("width"), columns.get("height"), columns.get("image")
+    if widths is not None and heights is not None and len(widths) == len(heights) == n:
+        try:
+            sizes = [(int(w), int(h)) for w, h in zip(widths, heights)]
+            if all(w > 0 and h > 0 for w, h in sizes):
+                return sizes
+        except TypeError:  # some null: fall back to the image, item by item
+            pass
     ids = columns.get("id")
     out: list[Size] = []
     for i in range(n):

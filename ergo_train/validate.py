@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -86,7 +87,12 @@ def binary_metrics(y_true: Sequence[bool], y_pred: Sequence[bool], scores: Seque
     95% percentile-bootstrap CI each (``n_boot`` resamples; undefined resamples are skipped). Values that are
     undefined on the data (e.g. AUC with one class) are None."""
     from sklearn.metrics import (
-        accuracy_score, cohen_kappa_score, confusion_matrix, precision_score, recall_score, roc_auc_score,
+        accuracy_score,
+        cohen_kappa_score,
+        confusion_matrix,
+        precision_score,
+        recall_score,
+        roc_auc_score,
     )
 
     t = np.asarray(y_true, dtype=bool)
@@ -118,7 +124,7 @@ def binary_metrics(y_true: Sequence[bool], y_pred: Sequence[bool], scores: Seque
         vals = boots[name][np.isfinite(boots[name])]
         ci = [float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))] if len(vals) and math.isfinite(v) \
             else None
-        out[name] = {"value": v if math.isfinite(v) else None, "ci95": ci, "boot_n": int(len(vals))}
+        out[name] = {"value": v if math.isfinite(v) else None, "ci95": ci, "boot_n": len(vals)}
     return out
 
 
@@ -266,8 +272,7 @@ def write_report(out_dir: str | Path, comparisons: Sequence[Comparison], inputs:
             slug = f"{i}_{_slug(comp.title)}"
             lines += ["", f"## {comp.title}", ""]
             summary.append({"title": comp.title, "metrics": comp.metrics, "skipped": comp.skipped})
-            for r in comp.rows:
-                items.write(json.dumps({"comparison": comp.title, **r}, default=str) + "\n")
+            items.writelines(json.dumps({"comparison": comp.title, **r}, default=str) + "\n" for r in comp.rows)
             if not comp.rows:
                 lines.append("No labelled items to compare" + (" (no completions in the labels)." if
                                                                "r_acc" in comp.title else "."))

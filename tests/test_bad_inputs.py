@@ -21,7 +21,9 @@ def corpus_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_inputs")
     recipe, cases = build_corpus(root / "corpus")
     stats = run_pipeline(parse_recipe(recipe), root / "out", quiet=True)
-    read = lambda sub: pq.read_table(sorted((root / "out" / sub).glob("*.parquet"))).to_pylist()  # noqa: E731
+
+    def read(sub):
+        return pq.read_table(sorted((root / "out" / sub).glob("*.parquet"))).to_pylist()
     return cases, stats, read("data"), read("rejects")
 
 

@@ -15,14 +15,29 @@ from PIL import Image, ImageOps
 from ergo_data import imageio
 from ergo_data.boxes import Box
 from ergo_data.imageio import (
-    DecodeError, coarse_from_full, crop_from_full, decode_coarse, decode_full, open_rgb, phash_hex, read_info,
+    DecodeError,
+    coarse_from_full,
+    crop_from_full,
+    decode_coarse,
+    decode_full,
+    open_rgb,
+    phash_hex,
+    read_info,
 )
 from ergo_data.schema import BoxRecord, make_row
 from ergo_data.stages.decode import DecodeStage
 from ergo_data.vision import resized_size
 from tests.conftest import EXAMPLES
 from tests.data.make_bad_inputs import (
-    BLUE, RED, encode, grey16_png, jpeg_header_claiming, palette_alpha_png, pattern, png_header_only,
+    BLUE,
+    RED,
+    encode,
+    grey16_png,
+    jpeg_header_claiming,
+    palette_alpha_png,
+    pattern,
+    photo,
+    png_header_only,
     rgb16_png,
 )
 
@@ -40,15 +55,6 @@ def pillow_reference(data: bytes) -> np.ndarray:
 def mad(a: np.ndarray, b: np.ndarray) -> float:
     assert a.shape == b.shape
     return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
-
-
-def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """Smooth colour plus grain: realistic content for resize comparisons."""
-    rng = np.random.default_rng(seed)
-    field = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((width, height),
-                                                                                    Image.Resampling.BICUBIC)
-    px = np.asarray(field, dtype=np.int16) + rng.integers(-6, 7, (height, width, 3))
-    return np.clip(px, 0, 255).astype(np.uint8)
 
 
 # ---- EXIF orientation ---------------------------------------------------------------------------------

@@ -64,9 +64,13 @@ def png(size, color=(250, 250, 250)) -> bytes:
     return buf.getvalue()
 
 
-def synth_item(item_id="t/1", size=(1200, 900), data: bytes | None = None, boxes=(Box(600, 450, 900, 675),)):
+CAR = Box(600, 450, 900, 675)
+
+
+def synth_item(item_id="t/1", size=(1200, 900), data: bytes | None = None, boxes=(CAR,)):
     return BenchItem(id=item_id, bench="t", question="What colour is the car?", options=["red", "blue", "green"],
-                     answer_letter="B", category="colour", boxes=list(boxes), image_bytes=png(size) if data is None else data)
+                     answer_letter="B", category="colour", boxes=list(boxes),
+                     image_bytes=png(size) if data is None else data)
 
 
 def tool_call(xyxy) -> str:
@@ -191,7 +195,10 @@ def test_cli_eval_three_modes_on_the_vstar_examples(tmp_path):
         size = tuple(r["image_size"])
         if r["mode"] == "oracle_crop":
             assert r["vision_tokens"] == crop_vision_tokens(Box(*r["gt_box"]), size, MAX_PIXELS)
-        else:  # the random model does not zoom: coarse_to_fine shows only the coarse view
+        elif r["mode"] == "coarse_to_fine":  # coarse view, then a crop only if the model tried to zoom
+            assert r["vision_tokens_turns"][0] == vision_tokens(size, MAX_PIXELS)
+            assert r["vision_tokens"] == sum(r["vision_tokens_turns"])
+        else:
             assert r["vision_tokens"] == vision_tokens(size, MAX_PIXELS)
     summary = json.loads((out / "summary.json").read_text())
     assert {m: s["n"] for m, s in summary["modes"].items()} == {"direct": 2, "coarse_to_fine": 2, "oracle_crop": 2}
@@ -222,3 +229,7 @@ def test_cli_eval_input_errors(tmp_path):
     res = runner.invoke(app, ["eval", "--bench", "hrbench", "--path", str(tsv), "--mode", "oracle_crop",
                               "--out", str(tmp_path / "o")])
     assert res.exit_code == 2 and "ground-truth boxes" in res.output
+    tsv.write_text("index\tquestion\n0\tQ?\n")
+    res = runner.invoke(app, ["eval", "--bench", "hrbench", "--path", str(tsv), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2 and "missing column(s) ['answer', 'image', 'A', 'B']" in res.output
+    assert not (tmp_path / "o").exists()  # refused before loading the model or writing anything

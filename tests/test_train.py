@@ -30,6 +30,7 @@ from ergo_train.grpo import (
 )
 from ergo_train.rollout import ANSWER_INSTRUCTION, ZoomEnv
 from ergo_train.tiny import load_model, scripted_first_turn
+from ergo_train.zoom import fit_aspect
 from tests.conftest import ROOT
 
 RECIPE = ROOT / "pipelines" / "train_tiny.yaml"
@@ -55,7 +56,8 @@ def demo_set(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(demo_set, tmp_path_factory):
     out = tmp_path_factory.mktemp("train")
-    recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={out}"])
+    recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={out}", "grpo.save_strategy=steps",
+                                        "grpo.save_steps=1"])
     parts = build_trainer(recipe)
     calls: dict[str, list[dict]] = {}
     for component in parts.trainer.reward_funcs:  # record what TRL passes to the real reward functions
@@ -110,7 +112,7 @@ def test_each_rollout_did_two_turns_with_a_crop_of_the_expected_size(trained):
             assert xyxy in (SMALL, LARGE)
             size = (kw["width"][i], kw["height"][i])
             box = Box.from_model(xyxy, resized_size=resized_size(size, mp), original_size=size)
-            x1, y1, x2, y2 = box.integer(size)
+            x1, y1, x2, y2 = fit_aspect(box, size).integer(size)
             image_block, text_block = completion[1]["content"][:2]
             assert image_block["image"].size == resized_size((x2 - x1, y2 - y1), mp)
             assert kw["image"][i].size == size
@@ -144,6 +146,25 @@ def test_saved_policy_loads_back_for_evaluation(trained):
     model, processor = load_model(str(result.output_dir), max_pixels=recipe.max_pixels)
     assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"
     assert processor.image_processor.size["longest_edge"] == recipe.max_pixels
+
+
+def test_training_resumes_from_the_latest_checkpoint(trained):
+    recipe, _, result, _, _ = trained
+    assert sorted(p.name for p in result.output_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    resumed = load_train_recipe(RECIPE, [f"data.path={recipe.data.path}", f"output_dir={result.output_dir}",
+                                         "grpo.max_steps=3", "resume_from_checkpoint=true", "grpo.save_strategy='no'"])
+    again = train(resumed)
+    assert again.global_step == 3
+    assert [h["step"] for h in again.log_history if "loss" in h] == [3]  # steps 1-2 came from checkpoint-2
+
+
+def test_lora_trains_only_adapters_on_the_language_model(demo_set, tmp_path):
+    recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "lora.r=4",
+                                        "lora.alpha=8"])
+    model = build_trainer(recipe).trainer.model
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    assert any(n.endswith("q_proj.lora_A.default.weight") for n in trainable)
 
 
 # ---- recipe validation (no training) ------------------------------------------------------------------

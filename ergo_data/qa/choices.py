@@ -13,7 +13,7 @@ correct letter returned.
 from __future__ import annotations
 
 import random
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ergo_data.sources.base import shuffled_options
 

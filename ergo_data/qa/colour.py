@@ -85,7 +85,7 @@ class ColourReading:
 def inner_region(pixels: np.ndarray, inner: float) -> np.ndarray:
     """The central ``inner`` fraction (per axis) of an HxWx3 crop."""
     h, w = pixels.shape[:2]
-    dy, dx = int(round(h * (1 - inner) / 2)), int(round(w * (1 - inner) / 2))
+    dy, dx = round(h * (1 - inner) / 2), round(w * (1 - inner) / 2)
     core = pixels[dy:h - dy, dx:w - dx]
     return core if core.size else pixels
 

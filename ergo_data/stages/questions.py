@@ -136,40 +136,47 @@ class MultipleChoiceStage(GlobalStage):
 class BoxAgreementParams(Params):
     min_iou: float = Field(0.5, ge=0, le=1)
     action: Literal["reject", "review"] = "review"  # what a disagreement does to the sample
-    match_labels: bool = True  # compare only boxes with the same label (False: any label)
-    sources: list[str] | None = None  # box sources to check (default: all); the others are only references
+    check: list[str] = ["detector", "ocr"]  # noqa: RUF012 (box sources judged: machine-made boxes)
+    reference: list[str] = ["annotation", "human", "synthetic"]  # noqa: RUF012 (what they are judged against)
+    match_labels: bool = True  # compare only boxes of the same label (or label group); False: any label
+    label_groups: list[list[str]] = []  # noqa: RUF012 (labels naming one kind of object: [[car, truck]])
 
 
 @stage_registry.register("box_agreement")
 class BoxAgreementStage(GlobalStage):
-    """For each box, the best IoU with boxes of a DIFFERENT provenance on the same image (and label):
-    a box that has such counterparts but agrees with none (best IoU < ``min_iou``) rejects the sample
-    or marks it ``needs_review``. Boxes without a counterpart are not judged (counted in the summary)."""
+    """Each box of a ``check`` source (e.g. ``detector``) is compared with the ``reference`` boxes (e.g.
+    ``annotation``) of the same image and label: its agreement is the best IoU. A box that has reference
+    boxes but agrees with none (best IoU < ``min_iou``) rejects the sample or marks it ``needs_review``.
+    Boxes without a reference counterpart are not judged (counted in the summary)."""
 
     Params = BoxAgreementParams
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._summary: dict[str, Any] = {}
+        self._group = {label: min(group) for group in self.params.label_groups for label in group}
+
+    def _label(self, label: str) -> str:
+        return self._group.get(label, label) if self.params.match_labels else ""
 
     def process(self, table: pa.Table) -> StageResult:
         p = self.params
         rows = sorted(table.to_pylist(), key=lambda r: r["id"])
-        pool: dict[tuple[str, str], set[tuple[str, tuple[float, ...]]]] = defaultdict(set)
+        refs: dict[tuple[str, str], set[tuple[str, tuple[float, ...]]]] = defaultdict(set)
         for r in rows:
             for b in r.get("boxes") or []:
-                pool[(image_identity(r), b["label"] if p.match_labels else "")].add(
-                    (b["source"], (b["x1"], b["y1"], b["x2"], b["y2"])))
-        stats = Counter()
+                if b["source"] in p.reference:
+                    refs[(image_identity(r), self._label(b["label"]))].add(
+                        (b["source"], (b["x1"], b["y1"], b["x2"], b["y2"])))
+        stats: Counter = Counter()
         ious: list[float] = []
         kept, rejected = [], []
         for r in rows:
             worst: tuple[float, str] | None = None
             for b in r.get("boxes") or []:
-                if p.sources is not None and b["source"] not in p.sources:
+                if b["source"] not in p.check:
                     continue
-                others = [(s, c) for s, c in pool[(image_identity(r), b["label"] if p.match_labels else "")]
-                          if s != b["source"]]
+                others = refs.get((image_identity(r), self._label(b["label"])))
                 if not others:
                     stats["unmatched"] += 1
                     continue
@@ -181,9 +188,9 @@ class BoxAgreementStage(GlobalStage):
                 ious.append(best)
                 stats["agree" if best >= p.min_iou else "disagree"] += 1
                 if best < p.min_iou and (worst is None or best < worst[0]):
-                    worst = (best, f"{b['source']} box {b['label']!r} {[round(v) for v in mine.as_tuple()]}: best IoU "
-                                   f"{best:.2f} with {best_src} boxes of the same "
-                                   f"{'label' if p.match_labels else 'image'} < {p.min_iou}")
+                    where = "label" if p.match_labels else "image"
+                    worst = (best, (f"{b['source']} box {b['label']!r} {[round(v) for v in mine.as_tuple()]}: "
+                                    f"best IoU {best:.2f} with the {best_src} boxes of the same {where} < {p.min_iou}"))
             if worst is None:
                 kept.append(r)
             elif p.action == "reject":
@@ -191,7 +198,7 @@ class BoxAgreementStage(GlobalStage):
             else:
                 kept.append({**r, "needs_review": True})
         self._summary = {"boxes_compared": stats["agree"] + stats["disagree"], "agree": stats["agree"],
-                         "disagree": stats["disagree"], "without_counterpart": stats["unmatched"],
+                         "disagree": stats["disagree"], "without_reference": stats["unmatched"],
                          "mean_best_iou": round(sum(ious) / len(ious), 4) if ious else None,
                          "min_iou": p.min_iou, "action": p.action}
         return StageResult(_table(kept, table), rejected)

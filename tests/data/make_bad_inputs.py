@@ -39,6 +39,14 @@ def pattern(width: int, height: int, marker: tuple[int, int, int, int] | None = 
     return a
 
 
+def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour plus grain: photo-like content for resize comparisons and distinct pHashes."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    px = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+    return np.clip(px + rng.integers(-6, 7, (height, width, 3)), 0, 255).astype(np.uint8)
+
+
 def encode(img: Image.Image | np.ndarray, fmt: str, orientation: int | None = None, **kw) -> bytes:
     """Encode with Pillow; ``orientation`` adds an EXIF orientation tag."""
     im = Image.fromarray(img) if isinstance(img, np.ndarray) else img

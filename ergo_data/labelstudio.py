@@ -1,0 +1,410 @@
+"""Label Studio round trip, client side: connection and errors, the project and its labeling config, push.
+
+Tasks carry a stable ``data.sample_id`` (and ``meta.external_id``); Label Studio task ids are never
+used as keys (the server reuses them after deletes). A push lists the project's tasks once and imports
+only the samples not yet there, so pushing twice creates no duplicates. Pipeline boxes go in as
+*predictions*, in percent of the image through ``Box.to_labelstudio``. Images are uploaded as bytes
+into one shared "image store" project (Label Studio accepts direct uploads only into a project whose
+config has a single data key), named by their sha256 so each image is uploaded once per server; this
+works for a loopback server and a remote one alike, with no shared folder. Pull: ``ls_pull.py``.
+
+>>> task = task_for_sample(_EXAMPLE_ROW, "/data/upload/1/abc-0f.jpg")
+>>> task["data"]["sample_id"], task["meta"]["external_id"]
+('examples/flag', 'examples/flag')
+>>> value = task["predictions"][0]["result"][0]["value"]
+>>> round(value["x"], 3), round(value["width"], 3), value["rectanglelabels"]
+(50.0, 10.0, ['region'])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ergo_data.boxes import Box
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+IMAGE_STORE_TITLE = "ergo image store"
+REGION_LABEL = "region"
+MODEL_VERSION = "ergo-pipeline"
+CONTROL_NAMES = ("region", "answer_correct", "region_answerable", "comment")
+BROWSER_FORMATS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif", "BMP": "bmp"}
+IMPORT_BATCH = 100
+UPLOAD_BATCH_BYTES = 32 * 2**20
+
+LABEL_CONFIG = """<View>
+  <Header value="Question"/>
+  <Text name="question" value="$question"/>
+  <Text name="options" value="$options_text"/>
+  <Header value="Answer in the data set"/>
+  <Text name="answer" value="$answer_text"/>
+  <Choices name="answer_correct" toName="question" choice="single" showInline="true">
+    <Choice value="correct"/>
+    <Choice value="wrong"/>
+  </Choices>
+  <Header value="Can the question be answered from the marked region alone?"/>
+  <Choices name="region_answerable" toName="image" choice="single" showInline="true">
+    <Choice value="yes"/>
+    <Choice value="no"/>
+  </Choices>
+  <Header value="Region: move or redraw the box so it covers what the question needs (no rotation)"/>
+  <Text name="machine_boxes" value="$machine_boxes"/>
+  <RectangleLabels name="region" toName="image">
+    <Label value="region" background="#ff2a00"/>
+  </RectangleLabels>
+  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
+  <TextArea name="comment" toName="question" placeholder="comment (optional)" rows="2" maxSubmissions="1"
+            editable="true"/>
+</View>"""
+IMAGE_STORE_CONFIG = '<View><Image name="image" value="$image"/></View>'
+
+
+class LabelStudioError(RuntimeError):
+    """A Label Studio call that failed; the message names the server URL and what to do."""
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the server is and how to authenticate; ``timeout`` is per request, in seconds."""
+
+    url: str
+    api_key: str
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.url or not self.url.startswith(("http://", "https://")):
+            raise LabelStudioError(f"Label Studio URL {self.url!r} must start with http:// or https:// "
+                                   "(pass --url or set LABEL_STUDIO_URL)")
+        if not self.api_key:
+            raise LabelStudioError(f"no API key for Label Studio at {self.url}: pass --api-key or set "
+                                   "LABEL_STUDIO_API_KEY (the token under Account & Settings, or the "
+                                   "LABEL_STUDIO_USER_TOKEN the server was started with)")
+        object.__setattr__(self, "url", self.url.rstrip("/"))
+
+    def client(self):
+        from label_studio_sdk import LabelStudio
+
+        return LabelStudio(base_url=self.url, api_key=self.api_key, timeout=self.timeout)
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.api_key}"}
+
+
+@contextmanager
+def server_errors(conn: Connection) -> Iterator[None]:
+    """Turn transport and API failures into one LabelStudioError that says what to do."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    url = conn.url
+    try:
+        yield
+    except httpx.TimeoutException as e:
+        raise LabelStudioError(
+            f"Label Studio at {url} did not answer within {conn.timeout:g} s ({type(e).__name__}): the server "
+            f"is overloaded or stuck. Check it (`curl {url}/health`, its log) and run again, or raise "
+            "--timeout. Nothing half-done is left that a re-run would duplicate.") from None
+    except httpx.TransportError as e:
+        raise LabelStudioError(
+            f"cannot reach Label Studio at {url} ({type(e).__name__}: {e}): is the server running? Start "
+            "one with `ergo ls serve`, or pass --url / set LABEL_STUDIO_URL to where it runs.") from None
+    except ApiError as e:
+        raise LabelStudioError(_api_error_message(url, e.status_code, e.body)) from None
+
+
+def _api_error_message(url: str, status: int | None, body: Any) -> str:
+    detail = body.get("detail", body) if isinstance(body, Mapping) else body
+    if status == 401:
+        return (f"Label Studio at {url} rejected the API key (401: {detail}). Pass --api-key or set "
+                "LABEL_STUDIO_API_KEY to your token (Account & Settings in the web UI); a token the server "
+                "was started with (LABEL_STUDIO_USER_TOKEN) works only with "
+                "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true, which `ergo ls serve` sets.")
+    if status == 403:
+        return f"Label Studio at {url} refused the request (403: {detail}): this account lacks the permission."
+    return f"Label Studio at {url} answered HTTP {status}: {str(detail)[:2000]}"
+
+
+def _check(response: httpx.Response) -> Any:
+    """Raise the SDK's ApiError for a non-2xx answer to a raw request, so ``server_errors`` reports it."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if response.status_code >= 300:
+        raise ApiError(status_code=response.status_code, body=body, headers=dict(response.headers))
+    return body
+
+
+# ---- the project ---------------------------------------------------------------------------------
+def check_title(title: str) -> str:
+    if not 3 <= len(title) <= 50:
+        raise LabelStudioError(f"project name {title!r} must be 3 to 50 characters (a Label Studio limit)")
+    return title
+
+
+def find_project(ls, title: str, conn: Connection):
+    """The project titled exactly ``title``, or None; an error if several share the title."""
+    found = [p for p in ls.projects.list(title=title) if p.title == title]
+    if len(found) > 1:
+        raise LabelStudioError(f"{len(found)} projects at {conn.url} are titled {title!r} "
+                               f"(ids {sorted(p.id for p in found)}): rename all but one")
+    return found[0] if found else None
+
+
+def ensure_project(ls, title: str, conn: Connection):
+    """Reuse the project titled ``title`` if it has ergo's labeling config, else create it."""
+    project = find_project(ls, check_title(title), conn)
+    if project is None:
+        return ls.projects.create(title=title, label_config=LABEL_CONFIG,
+                                  description="ERGO review: region box, answer, answerability (ergo ls push)")
+    config = project.label_config or ""
+    missing = [n for n in CONTROL_NAMES if f'name="{n}"' not in config]
+    if missing:
+        raise LabelStudioError(f"project {title!r} at {conn.url} exists but its labeling config is not ergo's "
+                               f"(no control named {', '.join(missing)}): choose another --project name")
+    return project
+
+
+def existing_sample_ids(ls, project_id: int) -> dict[str, int]:
+    """``sample_id -> task id`` of the project's tasks, listed once (tasks without a sample id are skipped)."""
+    out: dict[str, int] = {}
+    for task in ls.tasks.list(project=project_id, fields="task_only", page_size=500):
+        sid = (task.data or {}).get("sample_id")
+        if isinstance(sid, str):
+            out.setdefault(sid, task.id)
+    return out
+
+
+# ---- tasks ---------------------------------------------------------------------------------------
+def _options_text(row: Mapping[str, Any]) -> str:
+    options = row.get("options") or []
+    if not options:
+        return "(open question: no options)"
+    return "\n".join(f"{chr(65 + i)}. {o}" for i, o in enumerate(options))
+
+
+def _answer_text(row: Mapping[str, Any]) -> str:
+    letter = row.get("answer_letter")
+    return f"{letter}. {row['answer']}" if letter else str(row["answer"])
+
+
+def jsonable_sample(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The sample as JSON-safe data (image bytes dropped: the image travels as an upload)."""
+    image = dict(row.get("image") or {})
+    image["bytes"] = None
+    return json.loads(json.dumps({**row, "image": image}, default=str))
+
+
+def prediction_result(row: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The sample's boxes as RectangleLabels results (percent of the image, original size set)."""
+    size = (int(row["width"]), int(row["height"]))
+    result = []
+    for i, rec in enumerate(row.get("boxes") or []):
+        value = Box.from_record(rec).to_labelstudio(size)
+        result.append({
+            "id": f"m{i}", "from_name": "region", "to_name": "image", "type": "rectanglelabels",
+            "original_width": size[0], "original_height": size[1], "image_rotation": 0,
+            "value": {**value, "rectanglelabels": [REGION_LABEL]},
+        })
+    return result
+
+
+def task_for_sample(row: Mapping[str, Any], image_url: str) -> dict[str, Any]:
+    """One import item: data (what the annotator sees + the sample), meta, the boxes as a prediction."""
+    boxes = row.get("boxes") or []
+    labels = ", ".join(sorted({b.get("label") or "?" for b in boxes})) or "none"
+    data = {
+        "image": image_url, "question": row["question"], "options_text": _options_text(row),
+        "answer_text": _answer_text(row), "machine_boxes": f"pipeline: {len(boxes)} box(es) of {labels}",
+        "sample_id": row["id"], "sample": jsonable_sample(row),
+    }
+    task: dict[str, Any] = {"data": data, "meta": {"external_id": row["id"]}}
+    if boxes:
+        task["predictions"] = [{"model_version": MODEL_VERSION, "score": 1.0, "result": prediction_result(row)}]
+    return task
+
+
+# ---- images --------------------------------------------------------------------------------------
+@dataclass
+class ImageUpload:
+    name: str  # <sha256>.<ext>: the key that makes uploads idempotent
+    data: bytes
+
+
+def image_for_upload(row: Mapping[str, Any]) -> ImageUpload:
+    """The bytes a browser will show in the sample's pixel frame; raises ValueError naming the problem.
+
+    Files in a browser format without an EXIF rotation go as they are; others (EXIF-rotated, TIFF, HEIC
+    ...) are re-encoded upright as JPEG, so Label Studio's percent boxes refer to the displayed image.
+    """
+    from ergo_data.imageio import DecodeError, open_rgb, read_info
+
+    image = row.get("image") or {}
+    data = image.get("bytes")
+    if data is None:
+        path = image.get("path")
+        if not path:
+            raise ValueError("the sample has neither image bytes nor an image path")
+        try:
+            data = Path(path).read_bytes()
+        except OSError as e:
+            raise ValueError(f"cannot read image {path!r}: {e.strerror or e}") from None
+    sha = row.get("image_sha256") or hashlib.sha256(data).hexdigest()
+    try:
+        info = read_info(data)
+        ext = BROWSER_FORMATS.get(info.format)
+        if ext and info.orientation == 1:
+            upload = ImageUpload(f"{sha}.{ext}", data)
+        else:
+            buf = io.BytesIO()
+            open_rgb(data).save(buf, "JPEG", quality=95)
+            upload = ImageUpload(f"{sha}-upright.jpg", buf.getvalue())
+        if row.get("width") and info.size != (row["width"], row["height"]):
+            raise ValueError(f"image is {info.size[0]}x{info.size[1]} but the sample says "
+                             f"{row['width']}x{row['height']}")
+    except DecodeError as e:
+        raise ValueError(f"unreadable image: {e}") from None
+    return upload
+
+
+def _stored_name(file_path: str) -> str:
+    """``upload/7/bd502cfc-<name>`` -> ``<name>`` (Label Studio prefixes 8 hex digits and a dash)."""
+    base = file_path.rsplit("/", 1)[-1]
+    return re.sub(r"^[0-9a-f]{8}-", "", base)
+
+
+def image_store(ls, conn: Connection):
+    project = find_project(ls, IMAGE_STORE_TITLE, conn)
+    if project is None:
+        project = ls.projects.create(title=IMAGE_STORE_TITLE, label_config=IMAGE_STORE_CONFIG,
+                                     description="Images uploaded by `ergo ls push` (no tasks; do not delete)")
+    return project
+
+
+def stored_images(ls, store_id: int) -> dict[str, str]:
+    """``name -> /data/upload/...`` URL of every image already in the store."""
+    return {_stored_name(f.file): "/data/" + f.file for f in ls.files.list(id=store_id, all_=True)}
+
+
+def upload_images(ls, conn: Connection, store_id: int, uploads: list[ImageUpload]) -> int:
+    """Upload the images (in batches of a few MB); returns how many were sent."""
+    batch: list[ImageUpload] = []
+    sent = 0
+
+    def flush() -> None:
+        nonlocal sent
+        if not batch:
+            return
+        files = [(f"file{i}", (u.name, u.data, "application/octet-stream")) for i, u in enumerate(batch)]
+        _check(httpx.post(f"{conn.url}/api/projects/{store_id}/import", params={"commit_to_project": "false"},
+                          headers=conn.headers(), files=files, timeout=max(conn.timeout, 60.0)))
+        sent += len(batch)
+        batch.clear()
+
+    size = 0
+    for u in uploads:
+        if batch and size + len(u.data) > UPLOAD_BATCH_BYTES:
+            flush()
+            size = 0
+        batch.append(u)
+        size += len(u.data)
+    flush()
+    return sent
+
+
+# ---- push ----------------------------------------------------------------------------------------
+def select_samples(samples_dir: str | Path, where: str | None = None, limit: int | None = None) -> list[dict]:
+    """Rows of ``DIR/data/*.parquet`` (output of ``ergo run``) matching a DuckDB WHERE, ordered by id."""
+    import duckdb
+
+    from ergo_data.query import connect
+
+    con = connect(samples_dir)
+    try:
+        if "samples" not in {r[0] for r in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}:
+            raise ValueError(f"{samples_dir}/data has no Parquet files: nothing to push")
+        sql = "SELECT * FROM samples" + (f" WHERE {where}" if where else "") + " ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        try:
+            return con.sql(sql).to_arrow_table().to_pylist()
+        except duckdb.Error as e:
+            raise ValueError(f"--where {where!r} failed: {e}") from None
+    finally:
+        con.close()
+
+
+@dataclass
+class PushReport:
+    project: str
+    project_id: int
+    url: str
+    selected: int = 0
+    already_present: int = 0
+    created: int = 0
+    images_uploaded: int = 0
+    images_reused: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
+
+
+def push(samples_dir: str | Path, project: str, conn: Connection, where: str | None = None,
+         limit: int | None = None, log: Callable[[str], None] = lambda _: None) -> PushReport:
+    """Create or reuse ``project`` and import the selected samples that are not in it yet.
+
+    >>> push("out/demo", "demo review", Connection(DEFAULT_URL, "token"))  # doctest: +SKIP
+    PushReport(project='demo review', project_id=1, ..., created=9, ...)
+    """
+    rows = select_samples(samples_dir, where, limit)
+    with server_errors(conn):
+        ls = conn.client()
+        proj = ensure_project(ls, project, conn)
+        present = existing_sample_ids(ls, proj.id)
+        report = PushReport(project, proj.id, conn.url, selected=len(rows))
+        todo = [r for r in rows if r["id"] not in present]
+        report.already_present = len(rows) - len(todo)
+        log(f"{len(rows)} samples selected, {report.already_present} already in project {project!r}")
+        if not todo:
+            return report
+        store = image_store(ls, conn)
+        stored = stored_images(ls, store.id)
+        ready: list[tuple[dict, str]] = []
+        new: dict[str, ImageUpload] = {}
+        for row in todo:
+            try:
+                upload = image_for_upload(row)
+            except ValueError as e:
+                report.failed.append((row["id"], str(e)))
+                continue
+            if upload.name not in stored and upload.name not in new:
+                new[upload.name] = upload
+            ready.append((row, upload.name))
+        report.images_reused = len({name for _, name in ready} - set(new))
+        log(f"uploading {len(new)} images ({sum(len(u.data) for u in new.values()) / 2**20:.1f} MiB)")
+        report.images_uploaded = upload_images(ls, conn, store.id, list(new.values()))
+        if new:
+            stored = stored_images(ls, store.id)
+        tasks = [task_for_sample(row, stored[name]) for row, name in ready]
+        for start in range(0, len(tasks), IMPORT_BATCH):
+            res = ls.projects.import_tasks(id=proj.id, request=tasks[start:start + IMPORT_BATCH],
+                                           return_task_ids=True)
+            report.created += int(res.task_count or 0)
+        log(f"{report.created} tasks created")
+    return report
+
+
+_EXAMPLE_ROW = {
+    "id": "examples/flag", "image": {"bytes": None, "path": "examples/vstar/flag.JPG"}, "width": 4000,
+    "height": 2000, "question": "What does the flag say?", "options": ["a", "b"], "answer": "b",
+    "answer_letter": "B", "boxes": [{"x1": 2000.0, "y1": 500.0, "x2": 2400.0, "y2": 700.0, "label": "flag",
+                                     "source": "annotation"}],
+}
