@@ -42,6 +42,12 @@ IMPORT_BATCH = 100
 UPLOAD_BATCH_BYTES = 32 * 2**20
 
 LABEL_CONFIG = """<View>
+  <Header value="Region: move or redraw the box so it covers what the question needs (no rotation)"/>
+  <Text name="machine_boxes" value="$machine_boxes"/>
+  <RectangleLabels name="region" toName="image">
+    <Label value="region" background="#ff2a00"/>
+  </RectangleLabels>
+  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
   <Header value="Question"/>
   <Text name="question" value="$question"/>
   <Text name="options" value="$options_text"/>
@@ -56,12 +62,6 @@ LABEL_CONFIG = """<View>
     <Choice value="yes"/>
     <Choice value="no"/>
   </Choices>
-  <Header value="Region: move or redraw the box so it covers what the question needs (no rotation)"/>
-  <Text name="machine_boxes" value="$machine_boxes"/>
-  <RectangleLabels name="region" toName="image">
-    <Label value="region" background="#ff2a00"/>
-  </RectangleLabels>
-  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
   <TextArea name="comment" toName="question" placeholder="comment (optional)" rows="2" maxSubmissions="1"
             editable="true"/>
 </View>"""

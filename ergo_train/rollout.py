@@ -329,8 +329,8 @@ def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, 
     ids2 = _trim_at_eos(ids2, eos_ids)
     text2 = tok.decode(ids2, skip_special_tokens=True)
     completion.append({"role": "assistant", "content": text2})
-    return TwoTurnResult(text1, text2, list(coords) if coords else None, env.zooms[-1], list(env.vision_tokens), completion,
-                         len(ids1) + len(ids2))
+    return TwoTurnResult(text1, text2, list(coords) if coords else None, env.zooms[-1], list(env.vision_tokens),
+                         completion, len(ids1) + len(ids2))
 
 
 def _eos_ids(model, tokenizer) -> list[int]:

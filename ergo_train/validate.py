@@ -370,7 +370,8 @@ def _plot_roc(comp: Comparison, path: Path) -> Path:
     from sklearn.metrics import RocCurveDisplay
 
     fig, ax = plt.subplots(figsize=(4, 3.5))
-    RocCurveDisplay.from_predictions([r["human"] for r in comp.rows], [r["confidence"] for r in comp.rows], ax=ax)
+    RocCurveDisplay.from_predictions([r["human"] for r in comp.rows], [r["confidence"] for r in comp.rows], ax=ax,
+                                     name="automatic confidence")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set_title(comp.title[:48], fontsize=8)
     fig.tight_layout()

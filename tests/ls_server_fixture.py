@@ -4,7 +4,8 @@ It installs ``.venv-ls`` once (``scripts/install_ls.sh``, cached by its stamp; n
 time), seeds the data dir with a migrated empty database (built once per install), starts the server
 with the admin's credentials and token in its environment, waits for ``/health``, and stops it
 (SIGTERM, then SIGKILL) at the end. Import it into a test module with
-``from tests.ls_server_fixture import ls_server  # noqa: F401``.
+``from tests.ls_server_fixture import ls_server  # noqa: F401``. ``demo_set`` is the demo curation
+(`ergo run pipelines/demo.yaml`) in a temp dir, the samples the Label Studio tests push.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ import pytest
 
 from ergo_data.labelstudio import Connection
 from ergo_data.ls_server import (
-    DEFAULT_VENV, LabelStudioServer, LabelStudioServerError, ServerSettings, free_port, install,
+    DEFAULT_VENV,
+    LabelStudioServer,
+    LabelStudioServerError,
+    ServerSettings,
+    free_port,
+    install,
 )
+from ergo_data.pipeline import run_pipeline
+from ergo_data.recipe import load_recipe
+from tests.conftest import EXAMPLES, ROOT
 
 
 @dataclass
@@ -71,3 +80,14 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory):
                            settings.data_dir, server)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo curation in a temp dir: real images, real boxes, as `ergo run` writes them."""
+    out = tmp_path_factory.mktemp("demo")
+    recipe = load_recipe(ROOT / "pipelines" / "demo.yaml", overrides=[
+        f"sources.0.path={EXAMPLES / 'vstar'}", f"sources.1.path={EXAMPLES / 'coco'}"])
+    stats = run_pipeline(recipe, out, quiet=True)
+    assert stats["totals"]["kept"] >= 4, "the Label Studio round trip needs at least four samples"
+    return out

@@ -27,21 +27,10 @@ from ergo_data.ls_server import free_port
 from ergo_data.pipeline import run_pipeline
 from ergo_data.recipe import load_recipe
 from ergo_data.schema import LABELS_SCHEMA, validate_row
-from tests.conftest import EXAMPLES, ROOT
-from tests.ls_server_fixture import ls_server  # noqa: F401
+from tests.conftest import ROOT
+from tests.ls_server_fixture import demo_set, ls_server  # noqa: F401
 
 integration = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def demo_set(tmp_path_factory):
-    """The demo curation (`ergo run pipelines/demo.yaml`) in a temp dir: real images, real boxes."""
-    out = tmp_path_factory.mktemp("demo")
-    recipe = load_recipe(ROOT / "pipelines" / "demo.yaml", overrides=[
-        f"sources.0.path={EXAMPLES / 'vstar'}", f"sources.1.path={EXAMPLES / 'coco'}"])
-    stats = run_pipeline(recipe, out, quiet=True)
-    assert stats["totals"]["kept"] >= 4, "the round trip needs at least four samples"
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +202,7 @@ def test_cli_push_pull_twice_and_bad_image(ls_server, demo_set, tmp_path):  # no
     # A sample whose image file is gone: named in the error, the others still pushed, exit code 1.
     broken = tmp_path / "broken"
     shutil.copytree(demo_set / "data", broken / "data")
-    table = pq.read_table(sorted((broken / "data").glob("*.parquet"))[0])
+    table = pq.read_table(min((broken / "data").glob("*.parquet")))
     rows = table.to_pylist()
     rows[0]["image"] = {"bytes": None, "path": str(tmp_path / "gone.jpg")}
     for f in (broken / "data").glob("*.parquet"):
@@ -247,7 +236,7 @@ def test_foreign_project_and_unknown_project(ls_server, demo_set, tmp_path):  # 
         pull(unique_title("never pushed"), tmp_path / "x", conn)
 
 
-def test_server_down_names_the_url(demo_set, tmp_path):
+def test_server_down_names_the_url(demo_set, tmp_path):  # noqa: F811
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(LabelStudioError) as e:
         push(demo_set, "down test", Connection(url, "some-token", timeout=5))
@@ -258,7 +247,7 @@ def test_server_down_names_the_url(demo_set, tmp_path):
 
 
 class _SlowHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+    def do_GET(self) -> None:
         time.sleep(3)
         try:
             self.send_response(200)
@@ -272,7 +261,7 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_slow_server_times_out_with_a_clear_error(demo_set, tmp_path):
+def test_slow_server_times_out_with_a_clear_error(demo_set, tmp_path):  # noqa: F811
     # A stand-in for a slow Label Studio: a real one cannot be made slow on demand, so this tiny local
     # HTTP server answers every request after 3 s, past the client's 0.5 s timeout.
     slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
@@ -291,7 +280,7 @@ def test_slow_server_times_out_with_a_clear_error(demo_set, tmp_path):
         slow.server_close()
 
 
-def test_bad_where_and_missing_key(demo_set):
+def test_bad_where_and_missing_key(demo_set):  # noqa: F811
     with pytest.raises(ValueError, match="--where"):
         select_samples(demo_set, "no_such_column = 1")
     with pytest.raises(LabelStudioError, match="LABEL_STUDIO_API_KEY"):

@@ -5,7 +5,8 @@ Conversion: sRGB (IEC 61966-2-1) -> linear RGB -> CIE XYZ -> CIELAB with the D65
 Each pixel of the central part of the box (``inner`` of its width and height, to leave out background
 at the edges) gets one of eleven basic colour names from its lightness L*, chroma C* and hue angle h:
 
-- C* < 12: achromatic: black (L* < 30), white (L* > 75), else gray;
+- C* < 12 (unless C* >= 5 and C* >= L*: a dark but saturated colour such as navy): achromatic:
+  black (L* < 30), white (L* > 75), else gray;
 - otherwise by hue: red [0, 50) or [345, 360), orange [50, 85), yellow [85, 115), green [115, 180),
   blue [180, 315), purple [315, 345); red/purple hues with L* >= 62 are pink; orange/yellow hues
   with L* < 45 are brown (a dark orange is brown), and so is red with L* < 35 and C* < 40.
@@ -35,6 +36,7 @@ _SRGB_TO_XYZ = np.array([[0.4124564, 0.3575761, 0.1804375],
                          [0.0193339, 0.1191920, 0.9503041]])
 _D65 = np.array([0.95047, 1.0, 1.08883])
 ACHROMATIC_CHROMA = 12.0
+DARK_MIN_CHROMA = 5.0
 
 
 def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -65,7 +67,9 @@ def colour_names(lab: np.ndarray) -> np.ndarray:
     out[reddish & (L >= 62)] = idx["pink"]
     out[((out == idx["orange"]) | (out == idx["yellow"])) & (L < 45)] = idx["brown"]
     out[(out == idx["red"]) & (L < 35) & (C < 40)] = idx["brown"]
-    achro = C < ACHROMATIC_CHROMA
+    # Dark colours have little chroma however saturated they look (navy: C* 7 at L* 5): they keep their
+    # hue when chroma is large relative to lightness; JPEG noise in blacks (C* < 5) stays black.
+    achro = (C < ACHROMATIC_CHROMA) & ~((C >= DARK_MIN_CHROMA) & (C >= L))
     out[achro] = idx["gray"]
     out[achro & (L < 30)] = idx["black"]
     out[achro & (L > 75)] = idx["white"]

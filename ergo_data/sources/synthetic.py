@@ -208,11 +208,12 @@ class SyntheticSource(Source):
         if p.targets.count("text") > 1 or p.targets.count("crop") > 1 or p.targets.count("count") > 1:
             raise RecipeError(f"source {self.name!r}: at most one text, one crop and one count target per "
                               "composite (each must be nameable uniquely)")
+        self._crop_cache: list[dict[str, Any]] | None = None
 
     def _crops(self) -> list[dict[str, Any]]:
         if not self.params.crops_from:
             return []
-        if getattr(self, "_crop_cache", None) is not None:
+        if self._crop_cache is not None:
             return self._crop_cache
         ann = Path(self.params.crops_from).expanduser().resolve()
         root = Path(self.params.crops_root).expanduser().resolve() if self.params.crops_root else ann.parent
@@ -224,7 +225,7 @@ class SyntheticSource(Source):
                  for im in images if im.image_path.is_file() for o in im.objects]
         if not crops:
             raise RecipeError(f"source {self.name!r}: crops_from {str(ann)!r} has no usable object boxes")
-        self._crop_cache: list[dict[str, Any]] | None = crops
+        self._crop_cache = crops
         return crops
 
     def backgrounds(self) -> list[Path]:
