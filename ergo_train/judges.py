@@ -383,10 +383,12 @@ def build_judge(spec: Judge | str | Mapping[str, Any], **params: Any) -> Judge:
 
 # ---- cache -------------------------------------------------------------------------------------------
 class JudgeCache:
-    """Verdicts by key, in memory; with ``path`` also in a SQLite file shared across runs and processes."""
+    """Verdicts by key, in memory (the oldest ``max_memory`` entries are dropped first); with ``path`` also in a
+    SQLite file shared across runs and processes."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, max_memory: int = 200_000) -> None:
         self.memory: dict[str, Verdict] = {}
+        self.max_memory = max(1, int(max_memory))
         self.hits = self.misses = 0
         self._db = None
         if path is not None:
@@ -407,15 +409,20 @@ class JudgeCache:
             row = self._db.execute("SELECT value FROM verdicts WHERE key = ?", (key,)).fetchone()
             if row:
                 v = Verdict(**json.loads(row[0]))
-                self.memory[key] = v
+                self._remember(key, v)
         if v is None:
             self.misses += 1
         else:
             self.hits += 1
         return v
 
-    def put(self, key: str, verdict: Verdict) -> None:
+    def _remember(self, key: str, verdict: Verdict) -> None:
         self.memory[key] = verdict
+        while len(self.memory) > self.max_memory:  # dicts keep insertion order: drop the oldest
+            del self.memory[next(iter(self.memory))]
+
+    def put(self, key: str, verdict: Verdict) -> None:
+        self._remember(key, verdict)
         if self._db is not None:
             value = json.dumps({"correct": verdict.correct, "confidence": verdict.confidence, "detail": verdict.detail})
             self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", (key, value))

@@ -76,6 +76,10 @@ def test_cache_keys_memory_and_disk(tmp_path):
     again = JudgeCache(tmp_path / "v.sqlite")  # a later run reads it back
     assert again.get(key) == Verdict(True, 0.7, "seen") and again.get("nope") is None
     assert (again.hits, again.misses) == (1, 1)
+    small = JudgeCache(max_memory=2)
+    for k in "abc":
+        small.put(k, Verdict(True))
+    assert list(small.memory) == ["b", "c"]
 
 
 def test_judge_regions_crops_the_original_and_caches(samples):
