@@ -40,12 +40,24 @@ def _connection(url: str, api_key: str | None, timeout: float):
 
 
 def push(
-    samples_dir: Annotated[Path, typer.Argument(help="output directory of `ergo run` (reads DIR/data/*.parquet)")],
-    project: Annotated[str, typer.Option("--project", "-p", help="project title (created if missing, else reused)")],
-    where: Annotated[str | None, typer.Option("--where", help="DuckDB WHERE over `samples`, e.g. \"split = 'val'\"")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="push at most N samples (ordered by id)")] = None,
-    url: Annotated[str, typer.Option("--url", envvar="LABEL_STUDIO_URL", help=URL_HELP)] = "http://127.0.0.1:8080",
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help=KEY_HELP)] = None,
+    samples_dir: Annotated[
+        Path, typer.Argument(help="output directory of `ergo run` (reads DIR/data/*.parquet)")
+    ],
+    project: Annotated[
+        str, typer.Option("--project", "-p", help="project title (created if missing, else reused)")
+    ],
+    where: Annotated[
+        str | None, typer.Option("--where", help="DuckDB WHERE over `samples`, e.g. \"split = 'val'\"")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, help="push at most N samples (ordered by id)")
+    ] = None,
+    url: Annotated[
+        str, typer.Option("--url", envvar="LABEL_STUDIO_URL", help=URL_HELP)
+    ] = "http://127.0.0.1:8080",
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help=KEY_HELP)
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per request")] = 60.0,
 ) -> None:
     """Import samples as tasks (boxes as predictions); samples already in the project are skipped."""
@@ -60,8 +72,19 @@ def push(
     table = Table(title=f"push to {report.project!r} (project id {report.project_id}) at {report.url}")
     for col in ("selected", "already there", "created", "images uploaded", "images reused", "failed"):
         table.add_column(col, justify="right")
-    table.add_row(*map(str, (report.selected, report.already_present, report.created, report.images_uploaded,
-                             report.images_reused, len(report.failed))))
+    table.add_row(
+        *map(
+            str,
+            (
+                report.selected,
+                report.already_present,
+                report.created,
+                report.images_uploaded,
+                report.images_reused,
+                len(report.failed),
+            ),
+        )
+    )
     console.print(table)
     console.print(f"open {report.url}/projects/{report.project_id}/data to annotate")
     if report.failed:
@@ -72,9 +95,15 @@ def push(
 
 def pull(
     project: Annotated[str, typer.Option("--project", "-p", help="project title")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="writes OUT/data/*.parquet, OUT/labels.parquet, OUT/pull.json")],
-    url: Annotated[str, typer.Option("--url", envvar="LABEL_STUDIO_URL", help=URL_HELP)] = "http://127.0.0.1:8080",
-    api_key: Annotated[str | None, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help=KEY_HELP)] = None,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="writes OUT/data/*.parquet, OUT/labels.parquet, OUT/pull.json")
+    ],
+    url: Annotated[
+        str, typer.Option("--url", envvar="LABEL_STUDIO_URL", help=URL_HELP)
+    ] = "http://127.0.0.1:8080",
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help=KEY_HELP)
+    ] = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per request")] = 60.0,
 ) -> None:
     """Export annotations: reviewed Samples (human boxes, source=human) and the `labels` table."""
@@ -86,33 +115,51 @@ def pull(
         report = do_pull(project, out, conn, log=console.print)
     except LabelStudioError as e:
         _fail(str(e))
-    console.print(f"{report.tasks} tasks: {report.samples} reviewed samples -> {out}/data, "
-                  f"{report.labels} labels -> {out}/labels.parquet")
+    console.print(
+        f"{report.tasks} tasks: {report.samples} reviewed samples -> {out}/data, "
+        f"{report.labels} labels -> {out}/labels.parquet"
+    )
     if report.unannotated:
         shown = ", ".join(report.unannotated[:20]) + (" ..." if len(report.unannotated) > 20 else "")
-        console.print(f"[yellow]{len(report.unannotated)} tasks have no submitted annotation[/] (not in data/; "
-                      f"all ids in {out}/pull.json): {shown}", highlight=False)
+        console.print(
+            f"[yellow]{len(report.unannotated)} tasks have no submitted annotation[/] (not in data/; "
+            f"all ids in {out}/pull.json): {shown}",
+            highlight=False,
+        )
     if report.errors:
         for line in report.errors:
             err.print(f"  {line}", highlight=False)
-        _fail(f"{len(report.errors)} tasks could not be converted (listed above); fix them in Label Studio "
-              "and pull again")
+        _fail(
+            f"{len(report.errors)} tasks could not be converted (listed above); fix them in Label Studio "
+            "and pull again"
+        )
 
 
 def serve(
-    port: Annotated[int, typer.Option("--port", help="port (must be free: Label Studio would silently take another)")] = 8080,
+    port: Annotated[
+        int, typer.Option("--port", help="port (must be free: Label Studio would silently take another)")
+    ] = 8080,
     host: Annotated[str, typer.Option("--host", help="interface to listen on")] = "127.0.0.1",
-    data_dir: Annotated[Path, typer.Option("--data-dir", help="database, uploads, secret key")] = Path(".ls-data"),
-    document_root: Annotated[Path | None, typer.Option("--document-root", help="enable local-files serving below it")] = None,
-    venv: Annotated[Path | None, typer.Option("--venv", help="the server's venv (default: .venv-ls of the repo)")] = None,
-    start_timeout: Annotated[float, typer.Option("--start-timeout", help="seconds to wait for /health")] = 600.0,
+    data_dir: Annotated[Path, typer.Option("--data-dir", help="database, uploads, secret key")] = Path(
+        ".ls-data"
+    ),
+    document_root: Annotated[
+        Path | None, typer.Option("--document-root", help="enable local-files serving below it")
+    ] = None,
+    venv: Annotated[
+        Path | None, typer.Option("--venv", help="the server's venv (default: .venv-ls of the repo)")
+    ] = None,
+    start_timeout: Annotated[
+        float, typer.Option("--start-timeout", help="seconds to wait for /health")
+    ] = 600.0,
 ) -> None:
-    """Start Label Studio (admin + token from LABEL_STUDIO_USERNAME/_PASSWORD/_USER_TOKEN); Ctrl-C stops it."""
+    """Start Label Studio; admin + token from LABEL_STUDIO_USERNAME/_PASSWORD/_USER_TOKEN. Ctrl-C stops it."""
     from ergo_data.ls_server import DEFAULT_VENV, LabelStudioServer, LabelStudioServerError, ServerSettings
 
     try:
-        settings = ServerSettings.from_env(data_dir.resolve(), host, port,
-                                           document_root.resolve() if document_root else None)
+        settings = ServerSettings.from_env(
+            data_dir.resolve(), host, port, document_root.resolve() if document_root else None
+        )
         server = LabelStudioServer(settings, venv or DEFAULT_VENV)
         console.print(f"starting Label Studio on {settings.url} (data in {settings.data_dir}) ...")
         server.start(timeout=start_timeout)
@@ -120,7 +167,9 @@ def serve(
         _fail(str(e))
     console.print(f"[bold green]Label Studio is up:[/] {server.url}  (log: {server.log_path})")
     console.print(f"  export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=$LABEL_STUDIO_USER_TOKEN")
-    console.print("  (admin account and token are set on the first start of a data dir only)  Ctrl-C stops it.")
+    console.print(
+        "  (admin account and token are set on the first start of a data dir only)  Ctrl-C stops it."
+    )
 
     def on_term(*_: object) -> None:
         raise KeyboardInterrupt

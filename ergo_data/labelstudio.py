@@ -82,12 +82,16 @@ class Connection:
 
     def __post_init__(self) -> None:
         if not self.url or not self.url.startswith(("http://", "https://")):
-            raise LabelStudioError(f"Label Studio URL {self.url!r} must start with http:// or https:// "
-                                   "(pass --url or set LABEL_STUDIO_URL)")
+            raise LabelStudioError(
+                f"Label Studio URL {self.url!r} must start with http:// or https:// "
+                "(pass --url or set LABEL_STUDIO_URL)"
+            )
         if not self.api_key:
-            raise LabelStudioError(f"no API key for Label Studio at {self.url}: pass --api-key or set "
-                                   "LABEL_STUDIO_API_KEY (the token under Account & Settings, or the "
-                                   "LABEL_STUDIO_USER_TOKEN the server was started with)")
+            raise LabelStudioError(
+                f"no API key for Label Studio at {self.url}: pass --api-key or set "
+                "LABEL_STUDIO_API_KEY (the token under Account & Settings, or the "
+                "LABEL_STUDIO_USER_TOKEN the server was started with)"
+            )
         object.__setattr__(self, "url", self.url.rstrip("/"))
 
     def client(self):
@@ -109,13 +113,15 @@ def server_errors(conn: Connection) -> Iterator[None]:
         yield
     except httpx.TimeoutException as e:
         raise LabelStudioError(
-            f"Label Studio at {url} did not answer within {conn.timeout:g} s ({type(e).__name__}): the server "
-            f"is overloaded or stuck. Check it (`curl {url}/health`, its log) and run again, or raise "
-            "--timeout. Nothing half-done is left that a re-run would duplicate.") from None
+            f"Label Studio at {url} did not answer within {conn.timeout:g} s ({type(e).__name__}): "
+            f"the server is overloaded or stuck. Check it (`curl {url}/health`, its log) and run again, "
+            "or raise --timeout. Nothing half-done is left that a re-run would duplicate."
+        ) from None
     except httpx.TransportError as e:
         raise LabelStudioError(
             f"cannot reach Label Studio at {url} ({type(e).__name__}: {e}): is the server running? Start "
-            "one with `ergo ls serve`, or pass --url / set LABEL_STUDIO_URL to where it runs.") from None
+            "one with `ergo ls serve`, or pass --url / set LABEL_STUDIO_URL to where it runs."
+        ) from None
     except ApiError as e:
         raise LabelStudioError(_api_error_message(url, e.status_code, e.body)) from None
 
@@ -123,12 +129,16 @@ def server_errors(conn: Connection) -> Iterator[None]:
 def _api_error_message(url: str, status: int | None, body: Any) -> str:
     detail = body.get("detail", body) if isinstance(body, Mapping) else body
     if status == 401:
-        return (f"Label Studio at {url} rejected the API key (401: {detail}). Pass --api-key or set "
-                "LABEL_STUDIO_API_KEY to your token (Account & Settings in the web UI); a token the server "
-                "was started with (LABEL_STUDIO_USER_TOKEN) works only with "
-                "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true, which `ergo ls serve` sets.")
+        return (
+            f"Label Studio at {url} rejected the API key (401: {detail}). Pass --api-key or set "
+            "LABEL_STUDIO_API_KEY to your token (Account & Settings in the web UI); a token the server "
+            "was started with (LABEL_STUDIO_USER_TOKEN) works only with "
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true, which `ergo ls serve` sets."
+        )
     if status == 403:
-        return f"Label Studio at {url} refused the request (403: {detail}): this account lacks the permission."
+        return (
+            f"Label Studio at {url} refused the request (403: {detail}): this account lacks the permission."
+        )
     return f"Label Studio at {url} answered HTTP {status}: {str(detail)[:2000]}"
 
 
@@ -156,8 +166,10 @@ def find_project(ls, title: str, conn: Connection):
     """The project titled exactly ``title``, or None; an error if several share the title."""
     found = [p for p in ls.projects.list(title=title) if p.title == title]
     if len(found) > 1:
-        raise LabelStudioError(f"{len(found)} projects at {conn.url} are titled {title!r} "
-                               f"(ids {sorted(p.id for p in found)}): rename all but one")
+        raise LabelStudioError(
+            f"{len(found)} projects at {conn.url} are titled {title!r} "
+            f"(ids {sorted(p.id for p in found)}): rename all but one"
+        )
     return found[0] if found else None
 
 
@@ -165,18 +177,23 @@ def ensure_project(ls, title: str, conn: Connection):
     """Reuse the project titled ``title`` if it has ergo's labeling config, else create it."""
     project = find_project(ls, check_title(title), conn)
     if project is None:
-        return ls.projects.create(title=title, label_config=LABEL_CONFIG,
-                                  description="ERGO review: region box, answer, answerability (ergo ls push)")
+        return ls.projects.create(
+            title=title,
+            label_config=LABEL_CONFIG,
+            description="ERGO review: region box, answer, answerability (ergo ls push)",
+        )
     config = project.label_config or ""
     missing = [n for n in CONTROL_NAMES if f'name="{n}"' not in config]
     if missing:
-        raise LabelStudioError(f"project {title!r} at {conn.url} exists but its labeling config is not ergo's "
-                               f"(no control named {', '.join(missing)}): choose another --project name")
+        raise LabelStudioError(
+            f"project {title!r} at {conn.url} exists but its labeling config is not ergo's "
+            f"(no control named {', '.join(missing)}): choose another --project name"
+        )
     return project
 
 
 def existing_sample_ids(ls, project_id: int) -> dict[str, int]:
-    """``sample_id -> task id`` of the project's tasks, listed once (tasks without a sample id are skipped)."""
+    """``sample_id -> task id`` of the project's tasks, listed once (tasks without one are skipped)."""
     out: dict[str, int] = {}
     for task in ls.tasks.list(project=project_id, fields="task_only", page_size=500):
         sid = (task.data or {}).get("sample_id")
@@ -211,11 +228,18 @@ def prediction_result(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     result = []
     for i, rec in enumerate(row.get("boxes") or []):
         value = Box.from_record(rec).to_labelstudio(size)
-        result.append({
-            "id": f"m{i}", "from_name": "region", "to_name": "image", "type": "rectanglelabels",
-            "original_width": size[0], "original_height": size[1], "image_rotation": 0,
-            "value": {**value, "rectanglelabels": [REGION_LABEL]},
-        })
+        result.append(
+            {
+                "id": f"m{i}",
+                "from_name": "region",
+                "to_name": "image",
+                "type": "rectanglelabels",
+                "original_width": size[0],
+                "original_height": size[1],
+                "image_rotation": 0,
+                "value": {**value, "rectanglelabels": [REGION_LABEL]},
+            }
+        )
     return result
 
 
@@ -224,13 +248,19 @@ def task_for_sample(row: Mapping[str, Any], image_url: str) -> dict[str, Any]:
     boxes = row.get("boxes") or []
     labels = ", ".join(sorted({b.get("label") or "?" for b in boxes})) or "none"
     data = {
-        "image": image_url, "question": row["question"], "options_text": _options_text(row),
-        "answer_text": _answer_text(row), "machine_boxes": f"pipeline: {len(boxes)} box(es) of {labels}",
-        "sample_id": row["id"], "sample": jsonable_sample(row),
+        "image": image_url,
+        "question": row["question"],
+        "options_text": _options_text(row),
+        "answer_text": _answer_text(row),
+        "machine_boxes": f"pipeline: {len(boxes)} box(es) of {labels}",
+        "sample_id": row["id"],
+        "sample": jsonable_sample(row),
     }
     task: dict[str, Any] = {"data": data, "meta": {"external_id": row["id"]}}
     if boxes:
-        task["predictions"] = [{"model_version": MODEL_VERSION, "score": 1.0, "result": prediction_result(row)}]
+        task["predictions"] = [
+            {"model_version": MODEL_VERSION, "score": 1.0, "result": prediction_result(row)}
+        ]
     return task
 
 
@@ -270,8 +300,9 @@ def image_for_upload(row: Mapping[str, Any]) -> ImageUpload:
             open_rgb(data).save(buf, "JPEG", quality=95)
             upload = ImageUpload(f"{sha}-upright.jpg", buf.getvalue())
         if row.get("width") and info.size != (row["width"], row["height"]):
-            raise ValueError(f"image is {info.size[0]}x{info.size[1]} but the sample says "
-                             f"{row['width']}x{row['height']}")
+            raise ValueError(
+                f"image is {info.size[0]}x{info.size[1]} but the sample says {row['width']}x{row['height']}"
+            )
     except DecodeError as e:
         raise ValueError(f"unreadable image: {e}") from None
     return upload
@@ -286,8 +317,11 @@ def _stored_name(file_path: str) -> str:
 def image_store(ls, conn: Connection):
     project = find_project(ls, IMAGE_STORE_TITLE, conn)
     if project is None:
-        project = ls.projects.create(title=IMAGE_STORE_TITLE, label_config=IMAGE_STORE_CONFIG,
-                                     description="Images uploaded by `ergo ls push` (no tasks; do not delete)")
+        project = ls.projects.create(
+            title=IMAGE_STORE_TITLE,
+            label_config=IMAGE_STORE_CONFIG,
+            description="Images uploaded by `ergo ls push` (no tasks; do not delete)",
+        )
     return project
 
 
@@ -306,8 +340,15 @@ def upload_images(ls, conn: Connection, store_id: int, uploads: list[ImageUpload
         if not batch:
             return
         files = [(f"file{i}", (u.name, u.data, "application/octet-stream")) for i, u in enumerate(batch)]
-        _check(httpx.post(f"{conn.url}/api/projects/{store_id}/import", params={"commit_to_project": "false"},
-                          headers=conn.headers(), files=files, timeout=max(conn.timeout, 60.0)))
+        _check(
+            httpx.post(
+                f"{conn.url}/api/projects/{store_id}/import",
+                params={"commit_to_project": "false"},
+                headers=conn.headers(),
+                files=files,
+                timeout=max(conn.timeout, 60.0),
+            )
+        )
         sent += len(batch)
         batch.clear()
 
@@ -357,8 +398,14 @@ class PushReport:
     failed: list[tuple[str, str]] = field(default_factory=list)  # (sample id, reason)
 
 
-def push(samples_dir: str | Path, project: str, conn: Connection, where: str | None = None,
-         limit: int | None = None, log: Callable[[str], None] = lambda _: None) -> PushReport:
+def push(
+    samples_dir: str | Path,
+    project: str,
+    conn: Connection,
+    where: str | None = None,
+    limit: int | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> PushReport:
     """Create or reuse ``project`` and import the selected samples that are not in it yet.
 
     >>> push("out/demo", "demo review", Connection(DEFAULT_URL, "token"))  # doctest: +SKIP
@@ -395,16 +442,24 @@ def push(samples_dir: str | Path, project: str, conn: Connection, where: str | N
             stored = stored_images(ls, store.id)
         tasks = [task_for_sample(row, stored[name]) for row, name in ready]
         for start in range(0, len(tasks), IMPORT_BATCH):
-            res = ls.projects.import_tasks(id=proj.id, request=tasks[start:start + IMPORT_BATCH],
-                                           return_task_ids=True)
+            res = ls.projects.import_tasks(
+                id=proj.id, request=tasks[start : start + IMPORT_BATCH], return_task_ids=True
+            )
             report.created += int(res.task_count or 0)
         log(f"{report.created} tasks created")
     return report
 
 
 _EXAMPLE_ROW = {
-    "id": "examples/flag", "image": {"bytes": None, "path": "examples/vstar/flag.JPG"}, "width": 4000,
-    "height": 2000, "question": "What does the flag say?", "options": ["a", "b"], "answer": "b",
-    "answer_letter": "B", "boxes": [{"x1": 2000.0, "y1": 500.0, "x2": 2400.0, "y2": 700.0, "label": "flag",
-                                     "source": "annotation"}],
+    "id": "examples/flag",
+    "image": {"bytes": None, "path": "examples/vstar/flag.JPG"},
+    "width": 4000,
+    "height": 2000,
+    "question": "What does the flag say?",
+    "options": ["a", "b"],
+    "answer": "b",
+    "answer_letter": "B",
+    "boxes": [
+        {"x1": 2000.0, "y1": 500.0, "x2": 2400.0, "y2": 700.0, "label": "flag", "source": "annotation"}
+    ],
 }

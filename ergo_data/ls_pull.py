@@ -6,8 +6,9 @@ human boxes (``source="human"``) in place of the pipeline's when the annotator l
 ``LABELS_SCHEMA`` (the human box is the union of the drawn rectangles, null if none);
 ``DIR/pull.json``: counts, tasks without annotations (ids) and per-task errors.
 
->>> result = [{"from_name": "region", "type": "rectanglelabels", "original_width": 200, "original_height": 100,
-...            "value": {"x": 10, "y": 20, "width": 50, "height": 50, "rotation": 0, "rectanglelabels": ["region"]}},
+>>> value = {"x": 10, "y": 20, "width": 50, "height": 50, "rotation": 0, "rectanglelabels": ["region"]}
+>>> result = [{"from_name": "region", "type": "rectanglelabels", "original_width": 200,
+...            "original_height": 100, "value": value},
 ...           {"from_name": "answer_correct", "type": "choices", "value": {"choices": ["wrong"]}}]
 >>> review = parse_annotation({"result": result, "lead_time": 3.5, "created_at": "2026-01-01T00:00:00Z"},
 ...                           (200, 100), "ann@example.com")
@@ -32,8 +33,10 @@ from ergo_data.outputs import atomic_write_json, canonical_table, write_parquet_
 from ergo_data.schema import LABELS_SCHEMA, SchemaError, rows_to_table, validate_row, with_hf_metadata
 from ergo_data.stages.filters import refresh_derived
 
-CHOICE_VALUES = {"answer_correct": {"correct": True, "wrong": False},
-                 "region_answerable": {"yes": True, "no": False}}
+CHOICE_VALUES = {
+    "answer_correct": {"correct": True, "wrong": False},
+    "region_answerable": {"yes": True, "no": False},
+}
 DATA_FILE = "part-00000-of-00001.parquet"
 
 
@@ -54,10 +57,20 @@ class Review:
 
     def label_row(self, sample_id: str) -> dict[str, Any]:
         union = Box.union(self.boxes) if self.boxes else None
-        coords = dict(zip(("x1", "y1", "x2", "y2"), union.as_tuple())) if union else dict.fromkeys(("x1", "y1", "x2", "y2"))
-        return {"id": sample_id, "annotator": self.annotator, "region_answerable": self.region_answerable,
-                "answer_correct": self.answer_correct, **coords, "lead_time_s": self.lead_time_s,
-                "created_at": self.created_at}
+        coords = (
+            dict(zip(("x1", "y1", "x2", "y2"), union.as_tuple()))
+            if union
+            else dict.fromkeys(("x1", "y1", "x2", "y2"))
+        )
+        return {
+            "id": sample_id,
+            "annotator": self.annotator,
+            "region_answerable": self.region_answerable,
+            "answer_correct": self.answer_correct,
+            **coords,
+            "lead_time_s": self.lead_time_s,
+            "created_at": self.created_at,
+        }
 
 
 def parse_annotation(annotation: Mapping[str, Any], size: tuple[int, int], annotator: str) -> Review:
@@ -71,8 +84,10 @@ def parse_annotation(annotation: Mapping[str, Any], size: tuple[int, int], annot
         if item.get("type") == "rectanglelabels" and name == "region":
             ow, oh = item.get("original_width"), item.get("original_height")
             if ow and oh and abs(ow / oh - w / h) > 0.01 * (w / h):
-                raise ReviewError(f"the image shown was {ow}x{oh} but the sample is {w}x{h}: another image, or "
-                                  "an EXIF rotation the browser applied")
+                raise ReviewError(
+                    f"the image shown was {ow}x{oh} but the sample is {w}x{h}: another image, or "
+                    "an EXIF rotation the browser applied"
+                )
             try:
                 # Percent of the displayed image: measured on the sample's own size, the canonical frame.
                 boxes.append(Box.from_labelstudio(value, size).clamp(size))
@@ -81,15 +96,23 @@ def parse_annotation(annotation: Mapping[str, Any], size: tuple[int, int], annot
         elif item.get("type") == "choices" and name in CHOICE_VALUES:
             picked = value.get("choices") or []
             if len(picked) != 1 or picked[0] not in CHOICE_VALUES[name]:
-                raise ReviewError(f"choice {name!r} = {picked!r}, expected one of {sorted(CHOICE_VALUES[name])}")
+                raise ReviewError(
+                    f"choice {name!r} = {picked!r}, expected one of {sorted(CHOICE_VALUES[name])}"
+                )
             choices[name] = CHOICE_VALUES[name][picked[0]]
         elif item.get("type") == "textarea" and name == "comment":
             comment = "\n".join(value.get("text") or []) or None
     lead = annotation.get("lead_time")
-    return Review(annotator=annotator, boxes=boxes, answer_correct=choices["answer_correct"],
-                  region_answerable=choices["region_answerable"], comment=comment,
-                  lead_time_s=float(lead) if lead is not None else None,
-                  created_at=annotation.get("created_at"), updated_at=annotation.get("updated_at"))
+    return Review(
+        annotator=annotator,
+        boxes=boxes,
+        answer_correct=choices["answer_correct"],
+        region_answerable=choices["region_answerable"],
+        comment=comment,
+        lead_time_s=float(lead) if lead is not None else None,
+        created_at=annotation.get("created_at"),
+        updated_at=annotation.get("updated_at"),
+    )
 
 
 def reviewed_sample(sample: Mapping[str, Any], review: Review) -> dict[str, Any]:
@@ -125,8 +148,9 @@ class PullReport:
     errors: list[str] = field(default_factory=list)  # one sentence per task that could not be converted
 
 
-def convert_export(tasks: list[Mapping[str, Any]], annotators: Mapping[int, str],
-                   report: PullReport) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def convert_export(
+    tasks: list[Mapping[str, Any]], annotators: Mapping[int, str], report: PullReport
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Exported tasks -> (sample rows, label rows); fills ``report.unannotated`` and ``report.errors``."""
     samples: list[dict[str, Any]] = []
     labels: list[dict[str, Any]] = []
@@ -135,7 +159,9 @@ def convert_export(tasks: list[Mapping[str, Any]], annotators: Mapping[int, str]
         sid, sample = data.get("sample_id"), data.get("sample")
         where = f"task {task.get('id')}"
         if not isinstance(sid, str) or not isinstance(sample, Mapping):
-            report.errors.append(f"{where}: no data.sample_id/data.sample, so it was not made by `ergo ls push`")
+            report.errors.append(
+                f"{where}: no data.sample_id/data.sample, so it was not made by `ergo ls push`"
+            )
             continue
         submitted = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
         if not submitted:
@@ -167,7 +193,9 @@ def convert_export(tasks: list[Mapping[str, Any]], annotators: Mapping[int, str]
     return samples, labels
 
 
-def write_pull(out: Path, samples: list[dict[str, Any]], labels: list[dict[str, Any]], report: PullReport) -> None:
+def write_pull(
+    out: Path, samples: list[dict[str, Any]], labels: list[dict[str, Any]], report: PullReport
+) -> None:
     """Write data/, labels.parquet and pull.json (atomically; a second pull overwrites the first)."""
     data_dir = out / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +209,9 @@ def write_pull(out: Path, samples: list[dict[str, Any]], labels: list[dict[str, 
     atomic_write_json(out / "pull.json", report.__dict__)
 
 
-def pull(project: str, out: str | Path, conn: Connection, log: Callable[[str], None] = lambda _: None) -> PullReport:
+def pull(
+    project: str, out: str | Path, conn: Connection, log: Callable[[str], None] = lambda _: None
+) -> PullReport:
     """Export every task of ``project`` and write the reviewed Samples and the labels table into ``out``.
 
     >>> pull("demo review", "out/demo-review", Connection("http://127.0.0.1:8080", "token"))  # doctest: +SKIP
@@ -191,9 +221,13 @@ def pull(project: str, out: str | Path, conn: Connection, log: Callable[[str], N
         ls = conn.client()
         proj = find_project(ls, project, conn)
         if proj is None:
-            raise LabelStudioError(f"no project titled {project!r} at {conn.url}: push to it first "
-                                   "(`ergo ls push DIR --project NAME`)")
-        raw = b"".join(ls.projects.exports.download_sync(id=proj.id, export_type="JSON", download_all_tasks=True))
+            raise LabelStudioError(
+                f"no project titled {project!r} at {conn.url}: push to it first "
+                "(`ergo ls push DIR --project NAME`)"
+            )
+        raw = b"".join(
+            ls.projects.exports.download_sync(id=proj.id, export_type="JSON", download_all_tasks=True)
+        )
         tasks = json.loads(raw)
         annotators = _annotators(ls)
     report = PullReport(project, proj.id, conn.url, str(out), tasks=len(tasks))

@@ -33,8 +33,10 @@ INSTALL_SCRIPT = REPO_ROOT / "scripts" / "install_ls.sh"
 DB_NAME = "label_studio.sqlite3"
 
 # Runs inside the server's venv: apply Django migrations to LABEL_STUDIO_BASE_DATA_DIR, nothing else.
-_MIGRATE = "from label_studio.server import _setup_env, _apply_database_migrations; " \
-           "_setup_env(); _apply_database_migrations()"
+_MIGRATE = (
+    "from label_studio.server import _setup_env, _apply_database_migrations; "
+    "_setup_env(); _apply_database_migrations()"
+)
 
 
 class LabelStudioServerError(RuntimeError):
@@ -58,35 +60,53 @@ class ServerSettings:
         return f"http://{self.host}:{self.port}"
 
     @classmethod
-    def from_env(cls, data_dir: Path, host: str, port: int, document_root: Path | None = None,
-                 env: Mapping[str, str] | None = None) -> ServerSettings:
-        """Credentials from LABEL_STUDIO_USERNAME / _PASSWORD / _USER_TOKEN; a clear error if any is missing."""
+    def from_env(
+        cls,
+        data_dir: Path,
+        host: str,
+        port: int,
+        document_root: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ServerSettings:
+        """Credentials from LABEL_STUDIO_USERNAME / _PASSWORD / _USER_TOKEN; a clear error if one is missing."""
         env = os.environ if env is None else env
         names = ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN")
         missing = [n for n in names if not env.get(n)]
         if missing:
             raise LabelStudioServerError(
                 f"set {', '.join(missing)} in the environment: the admin account (an email), its password, "
-                "and its API token (more than 5 characters) are created from them on the first start")
+                "and its API token (more than 5 characters) are created from them on the first start"
+            )
         if len(env["LABEL_STUDIO_USER_TOKEN"]) <= 5:
             raise LabelStudioServerError("LABEL_STUDIO_USER_TOKEN must be longer than 5 characters")
-        return cls(data_dir=data_dir, username=env[names[0]], password=env[names[1]], token=env[names[2]],
-                   host=host, port=port, document_root=document_root)
+        return cls(
+            data_dir=data_dir,
+            username=env[names[0]],
+            password=env[names[1]],
+            token=env[names[2]],
+            host=host,
+            port=port,
+            document_root=document_root,
+        )
 
 
 def server_env(settings: ServerSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment of the server process: data dir, admin, legacy tokens on, nothing phoning home."""
     env = dict(os.environ if base is None else base)
-    env.update({
-        "LABEL_STUDIO_BASE_DATA_DIR": str(settings.data_dir),
-        "LABEL_STUDIO_USERNAME": settings.username,
-        "LABEL_STUDIO_PASSWORD": settings.password,
-        "LABEL_STUDIO_USER_TOKEN": settings.token,
-        # Without it every request with the token above is 401.
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
-        "LATEST_VERSION_CHECK": "false", "COLLECT_ANALYTICS": "false",
-        "SENTRY_DSN": "", "FRONTEND_SENTRY_DSN": "",
-    })
+    env.update(
+        {
+            "LABEL_STUDIO_BASE_DATA_DIR": str(settings.data_dir),
+            "LABEL_STUDIO_USERNAME": settings.username,
+            "LABEL_STUDIO_PASSWORD": settings.password,
+            "LABEL_STUDIO_USER_TOKEN": settings.token,
+            # Without it every request with the token above is 401.
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "LATEST_VERSION_CHECK": "false",
+            "COLLECT_ANALYTICS": "false",
+            "SENTRY_DSN": "",
+            "FRONTEND_SENTRY_DSN": "",
+        }
+    )
     if settings.document_root is not None:
         env["LOCAL_FILES_SERVING_ENABLED"] = "true"
         env["LOCAL_FILES_DOCUMENT_ROOT"] = str(settings.document_root)
@@ -97,18 +117,22 @@ def label_studio_exe(venv: Path = DEFAULT_VENV) -> Path:
     exe = Path(venv) / "bin" / "label-studio"
     if not exe.is_file():
         raise LabelStudioServerError(
-            f"no Label Studio server in {venv}: run scripts/install_ls.sh (creates .venv-ls, about a minute)")
+            f"no Label Studio server in {venv}: run scripts/install_ls.sh (creates .venv-ls, about a minute)"
+        )
     return exe
 
 
 def install(venv: Path = DEFAULT_VENV) -> Path:
     """Run ``scripts/install_ls.sh`` (a no-op once its stamp exists); returns the ``label-studio`` path."""
     if not (Path(venv) / f".installed-{LS_VERSION}").exists():
-        done = subprocess.run(["bash", str(INSTALL_SCRIPT), str(venv)], capture_output=True, text=True, check=False)
+        done = subprocess.run(
+            ["bash", str(INSTALL_SCRIPT), str(venv)], capture_output=True, text=True, check=False
+        )
         if done.returncode != 0:
             raise LabelStudioServerError(
                 f"scripts/install_ls.sh failed (exit {done.returncode}); it needs PyPI access:\n"
-                f"{done.stderr[-2000:]}")
+                f"{done.stderr[-2000:]}"
+            )
     return label_studio_exe(venv)
 
 
@@ -124,10 +148,20 @@ def migrated_template(venv: Path = DEFAULT_VENV) -> Path:
     building = template.with_name(f"{template.name}.building-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
     building.mkdir(parents=True)
-    env = dict(os.environ, LABEL_STUDIO_BASE_DATA_DIR=str(building), LATEST_VERSION_CHECK="false",
-               COLLECT_ANALYTICS="false", SENTRY_DSN="")
-    done = subprocess.run([str(Path(venv) / "bin" / "python"), "-c", _MIGRATE], env=env,
-                          capture_output=True, text=True, check=False)
+    env = dict(
+        os.environ,
+        LABEL_STUDIO_BASE_DATA_DIR=str(building),
+        LATEST_VERSION_CHECK="false",
+        COLLECT_ANALYTICS="false",
+        SENTRY_DSN="",
+    )
+    done = subprocess.run(
+        [str(Path(venv) / "bin" / "python"), "-c", _MIGRATE],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0 or not (building / DB_NAME).exists():
         shutil.rmtree(building, ignore_errors=True)
         raise LabelStudioServerError(f"migrating a template database failed:\n{done.stderr[-2000:]}")
@@ -191,25 +225,35 @@ class LabelStudioServer:
         exe = label_studio_exe(self.venv)
         # A busy port makes Label Studio silently take the next one: refuse instead.
         if port_in_use(s.host, s.port):
-            raise LabelStudioServerError(f"port {s.port} on {s.host} is already in use: pick another with --port")
+            raise LabelStudioServerError(
+                f"port {s.port} on {s.host} is already in use: pick another with --port"
+            )
         seed_data_dir(s.data_dir, self.venv)
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 [str(exe), "start", "--no-browser", "--internal-host", s.host, "-p", str(s.port)],
-                env=server_env(s), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=s.data_dir, start_new_session=True)
+                env=server_env(s),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=s.data_dir,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise LabelStudioServerError(
                     f"Label Studio exited with code {self.proc.returncode} while starting; "
-                    f"log {self.log_path}:\n{self.log_tail()}")
+                    f"log {self.log_path}:\n{self.log_tail()}"
+                )
             if is_healthy(self.url):
                 return self
             time.sleep(0.5)
         self.stop()
-        raise LabelStudioServerError(f"Label Studio did not answer {self.url}/health within {timeout:.0f} s; "
-                                     f"log {self.log_path}:\n{self.log_tail()}")
+        raise LabelStudioServerError(
+            f"Label Studio did not answer {self.url}/health within {timeout:.0f} s; "
+            f"log {self.log_path}:\n{self.log_tail()}"
+        )
 
     def stop(self, grace: float = 15.0) -> None:
         """SIGTERM the server's process group, then SIGKILL if it is still there after ``grace`` s."""

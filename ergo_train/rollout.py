@@ -254,18 +254,20 @@ class TwoTurnResult:
 
 
 def first_zoom(parsed: Mapping[str, Any]) -> tuple[bool, Coords | None, str | None]:
-    """``(attempted, coords, error)`` of the first zoom in a parsed assistant message, in any spelling
-    (tool call, Hermes text, ``<zoom>[..]</zoom>`` tag), read by ``ergo_train.parsing`` as the rewards do.
+    """``(attempted, coords, error)`` of the first zoom of a parsed assistant message, read by
+    ``ergo_train.parsing`` as the rewards read it: a ``zoom`` tool call that TRL's parser extracted, or the
+    paper's ``<zoom>[..]</zoom>`` tag. ``<tool_call>`` text the parser could not read runs no tool, as in
+    training (TRL only runs parsed calls); the rewards still see it and score format 0.
 
     >>> first_zoom({"content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom",
     ...     "arguments": {"x1": 1, "y1": 2, "x2": 3, "y2": 4}}}]})
     (True, (1.0, 2.0, 3.0, 4.0), None)
     >>> first_zoom({"content": "look <zoom>[10, 20, 30]</zoom>"})
     (True, None, 'zoom: [10, 20, 30] is not 4 finite numbers')
-    >>> first_zoom({"content": "no idea"})
+    >>> first_zoom({"content": "no idea <tool_call> {broken"})
     (False, None, None)
     """
-    actions = zoom_actions(text_of(parsed.get("content")), parsed.get("tool_calls"))
+    actions = [a for a in zoom_actions(text_of(parsed.get("content")), parsed.get("tool_calls")) if a[0] != "hermes"]
     if not actions:
         return False, None, None
     _, coords, error = actions[0]

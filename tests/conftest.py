@@ -18,3 +18,7 @@ settings.load_profile("ergo")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 DATA = Path(__file__).resolve().parent / "data"
+
+# Label Studio session fixtures (a real server, the demo set) used by several modules: imported here so
+# each is created once per session (imported into each module, each module would get its own copy).
+from tests.ls_server_fixture import demo_set, ls_server  # noqa: F401

@@ -3,9 +3,9 @@
 It installs ``.venv-ls`` once (``scripts/install_ls.sh``, cached by its stamp; needs PyPI the first
 time), seeds the data dir with a migrated empty database (built once per install), starts the server
 with the admin's credentials and token in its environment, waits for ``/health``, and stops it
-(SIGTERM, then SIGKILL) at the end. Import it into a test module with
-``from tests.ls_server_fixture import ls_server  # noqa: F401``. ``demo_set`` is the demo curation
-(`ergo run pipelines/demo.yaml`) in a temp dir, the samples the Label Studio tests push.
+(SIGTERM, then SIGKILL) at the end. ``demo_set`` is the demo curation (`ergo run pipelines/demo.yaml`)
+in a temp dir, the samples the Label Studio tests push. Both are imported by tests/conftest.py, so
+every module shares one server and one demo set per session.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from ergo_data.ls_server import (
     free_port,
     install,
 )
-from ergo_data.pipeline import run_pipeline
-from ergo_data.recipe import load_recipe
-from tests.conftest import EXAMPLES, ROOT
+
+ROOT = Path(__file__).resolve().parent.parent  # not from tests.conftest: conftest imports this module
+EXAMPLES = ROOT / "examples"
 
 
 @dataclass
@@ -48,9 +48,17 @@ class LSTestServer:
         """Create an account through the web sign-up form, as an annotator would; returns its API token."""
         with httpx.Client(base_url=self.url, follow_redirects=False, timeout=60) as web:
             web.get("/user/signup/").raise_for_status()
-            answer = web.post("/user/signup/", headers={"Referer": f"{self.url}/user/signup/"}, data={
-                "email": email, "password": password, "csrfmiddlewaretoken": web.cookies["csrftoken"],
-                "how_find_us": "", "allow_newsletters": "false"})
+            answer = web.post(
+                "/user/signup/",
+                headers={"Referer": f"{self.url}/user/signup/"},
+                data={
+                    "email": email,
+                    "password": password,
+                    "csrfmiddlewaretoken": web.cookies["csrftoken"],
+                    "how_find_us": "",
+                    "allow_newsletters": "false",
+                },
+            )
             if answer.status_code != 302:
                 errors = re.findall(r'class="[^"]*error[^"]*">\s*([^<]+)', answer.text)
                 raise AssertionError(f"sign-up of {email} failed ({answer.status_code}): {errors}")
@@ -67,8 +75,13 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory):
         pytest.fail(f"cannot install the Label Studio server for the integration tests: {e}")
     root = tmp_path_factory.mktemp("label-studio")
     settings = ServerSettings(
-        data_dir=root / "data", username="admin@example.com", password=secrets.token_urlsafe(12),
-        token=secrets.token_hex(20), port=free_port(), document_root=root / "files")
+        data_dir=root / "data",
+        username="admin@example.com",
+        password=secrets.token_urlsafe(12),
+        token=secrets.token_hex(20),
+        port=free_port(),
+        document_root=root / "files",
+    )
     settings.document_root.mkdir()
     server = LabelStudioServer(settings, DEFAULT_VENV)
     try:
@@ -76,8 +89,9 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory):
     except LabelStudioServerError as e:
         pytest.fail(str(e))
     try:
-        yield LSTestServer(settings.url, settings.username, settings.password, settings.token,
-                           settings.data_dir, server)
+        yield LSTestServer(
+            settings.url, settings.username, settings.password, settings.token, settings.data_dir, server
+        )
     finally:
         server.stop()
 
@@ -85,9 +99,14 @@ def ls_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def demo_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo curation in a temp dir: real images, real boxes, as `ergo run` writes them."""
+    from ergo_data.pipeline import run_pipeline
+    from ergo_data.recipe import load_recipe
+
     out = tmp_path_factory.mktemp("demo")
-    recipe = load_recipe(ROOT / "pipelines" / "demo.yaml", overrides=[
-        f"sources.0.path={EXAMPLES / 'vstar'}", f"sources.1.path={EXAMPLES / 'coco'}"])
+    recipe = load_recipe(
+        ROOT / "pipelines" / "demo.yaml",
+        overrides=[f"sources.0.path={EXAMPLES / 'vstar'}", f"sources.1.path={EXAMPLES / 'coco'}"],
+    )
     stats = run_pipeline(recipe, out, quiet=True)
     assert stats["totals"]["kept"] >= 4, "the Label Studio round trip needs at least four samples"
     return out

@@ -21,20 +21,43 @@ W, H = 400, 300
 
 
 def sample(sid: str, boxes=((10.0, 10.0, 50.0, 40.0),), label: str = "cat") -> dict:
-    row = make_row(id=sid, image_path=str(EXAMPLES / "vstar" / "flag.JPG"), question="What colour?",
-                   answer="red", source="s", needs_review=True,
-                   boxes=[{"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "label": label, "source": "annotation"}
-                          for b in boxes])
+    row = make_row(
+        id=sid,
+        image_path=str(EXAMPLES / "vstar" / "flag.JPG"),
+        question="What colour?",
+        answer="red",
+        source="s",
+        needs_review=True,
+        boxes=[
+            {"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "label": label, "source": "annotation"}
+            for b in boxes
+        ],
+    )
     row.update(width=W, height=H, image_sha256="0" * 64)
     return refresh_derived(row)
 
 
-def label(sid: str, box=(100.0, 100.0, 150.0, 140.0), answer_correct=True, region_answerable=True,
-          created_at="2026-01-01T10:00:00Z", annotator="ann@example.com") -> dict:
+def label(
+    sid: str,
+    box=(100.0, 100.0, 150.0, 140.0),
+    answer_correct=True,
+    region_answerable=True,
+    created_at="2026-01-01T10:00:00Z",
+    annotator="ann@example.com",
+) -> dict:
     x1, y1, x2, y2 = box if box else (None,) * 4
-    return {"id": sid, "annotator": annotator, "region_answerable": region_answerable,
-            "answer_correct": answer_correct, "x1": x1, "y1": y1, "x2": x2, "y2": y2, "lead_time_s": 5.0,
-            "created_at": created_at}
+    return {
+        "id": sid,
+        "annotator": annotator,
+        "region_answerable": region_answerable,
+        "answer_correct": answer_correct,
+        "x1": x1,
+        "y1": y1,
+        "x2": x2,
+        "y2": y2,
+        "lead_time_s": 5.0,
+        "created_at": created_at,
+    }
 
 
 @pytest.fixture
@@ -43,6 +66,7 @@ def write_labels(tmp_path):
         path = tmp_path / "labels.parquet"
         pq.write_table(pa.Table.from_pylist(rows, schema=LABELS_SCHEMA), path)
         return str(path)
+
     return write
 
 
@@ -56,10 +80,14 @@ def test_replace_reject_and_pass_through(write_labels):
     res = run_stage([sample("s/moved"), sample("s/wrong"), sample("s/untouched")], path)
     kept = {r["id"]: r for r in res.kept.to_pylist()}
     assert set(kept) == {"s/moved", "s/untouched"}
-    assert [(r["id"], r["reason"], r["stage"]) for r in res.rejected] == [("s/wrong", "human_rejected_answer", "labels")]
+    assert [(r["id"], r["reason"], r["stage"]) for r in res.rejected] == [
+        ("s/wrong", "human_rejected_answer", "labels")
+    ]
     assert "ann@example.com" in res.rejected[0]["detail"] and "'red'" in res.rejected[0]["detail"]
     moved = kept["s/moved"]
-    assert moved["boxes"] == [{"x1": 100.0, "y1": 100.0, "x2": 150.0, "y2": 140.0, "label": "cat", "source": "human"}]
+    assert moved["boxes"] == [
+        {"x1": 100.0, "y1": 100.0, "x2": 150.0, "y2": 140.0, "label": "cat", "source": "human"}
+    ]
     assert moved["needs_review"] is False
     assert moved["box_area_frac"] == pytest.approx(50 * 40 / (W * H))
     validate_row(moved)
@@ -78,10 +106,14 @@ def test_join_keeps_machine_boxes_and_is_idempotent(write_labels):
 
 
 def test_latest_label_wins_and_missing_box_keeps_machine_boxes(write_labels):
-    path = write_labels([
-        label("s/a", answer_correct=False, created_at="2026-01-01T10:00:00Z", annotator="first"),
-        label("s/a", box=None, answer_correct=True, created_at="2026-01-02T10:00:00Z", annotator="second"),
-    ])
+    path = write_labels(
+        [
+            label("s/a", answer_correct=False, created_at="2026-01-01T10:00:00Z", annotator="first"),
+            label(
+                "s/a", box=None, answer_correct=True, created_at="2026-01-02T10:00:00Z", annotator="second"
+            ),
+        ]
+    )
     res = run_stage([sample("s/a")], path)
     assert res.rejected == []
     row = res.kept.to_pylist()[0]
@@ -96,11 +128,21 @@ def test_unanswerable_dropped_only_when_asked(write_labels):
 
 
 def test_human_box_outside_the_image(write_labels):
-    path = write_labels([label("s/clamped", box=(350.0, 250.0, 420.0, 320.0)),
-                         label("s/outside", box=(500.0, 500.0, 600.0, 600.0))])
+    path = write_labels(
+        [
+            label("s/clamped", box=(350.0, 250.0, 420.0, 320.0)),
+            label("s/outside", box=(500.0, 500.0, 600.0, 600.0)),
+        ]
+    )
     res = run_stage([sample("s/clamped"), sample("s/outside")], path)
-    assert res.kept.to_pylist()[0]["boxes"][0] == {"x1": 350.0, "y1": 250.0, "x2": 400.0, "y2": 300.0,
-                                                    "label": "cat", "source": "human"}
+    assert res.kept.to_pylist()[0]["boxes"][0] == {
+        "x1": 350.0,
+        "y1": 250.0,
+        "x2": 400.0,
+        "y2": 300.0,
+        "label": "cat",
+        "source": "human",
+    }
     assert [(r["id"], r["reason"]) for r in res.rejected] == [("s/outside", "human_box_invalid")]
     assert "outside" in res.rejected[0]["detail"]
 
@@ -136,10 +178,17 @@ def test_parquet_source_keeps_ids_and_rejects_bad_rows(tmp_path):
 def test_merge_recipe_end_to_end(tmp_path, write_labels):
     curated = tmp_path / "v1"
     (curated / "data").mkdir(parents=True)
-    pq.write_table(rows_to_table([sample("s/a"), sample("s/b"), sample("s/c")]), curated / "data" / "part.parquet")
+    pq.write_table(
+        rows_to_table([sample("s/a"), sample("s/b"), sample("s/c")]), curated / "data" / "part.parquet"
+    )
     path = write_labels([label("s/a"), label("s/b", answer_correct=False)])
-    recipe = parse_recipe({"name": "merge", "sources": [{"type": "parquet", "name": "v1", "path": str(curated)}],
-                           "stages": [{"type": "labels", "labels": path}, {"type": "box_check"}]})
+    recipe = parse_recipe(
+        {
+            "name": "merge",
+            "sources": [{"type": "parquet", "name": "v1", "path": str(curated)}],
+            "stages": [{"type": "labels", "labels": path}, {"type": "box_check"}],
+        }
+    )
     stats = run_pipeline(recipe, tmp_path / "v2", quiet=True)
     assert stats["invariant"]["ok"] and stats["totals"] == {"inputs": 3, "kept": 2, "rejected": 1}
     kept = {r["id"]: r for r in pq.read_table(tmp_path / "v2" / "data").to_pylist()}

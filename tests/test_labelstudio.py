@@ -28,13 +28,12 @@ from ergo_data.pipeline import run_pipeline
 from ergo_data.recipe import load_recipe
 from ergo_data.schema import LABELS_SCHEMA, validate_row
 from tests.conftest import ROOT
-from tests.ls_server_fixture import demo_set, ls_server  # noqa: F401
 
 integration = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def annotator(ls_server):  # noqa: F811
+def annotator(ls_server):
     """A second account, signed up through the web form; its SDK client and email."""
     email = f"annotator-{secrets.token_hex(3)}@example.com"
     token = ls_server.sign_up(email, secrets.token_urlsafe(12))
@@ -48,13 +47,25 @@ def unique_title(prefix: str) -> str:
 def rectangle(box: Box, size: tuple[int, int], rid: str, rotation: float = 0.0) -> dict:
     """A RectangleLabels result as the Label Studio editor submits it (percent of the image)."""
     value = {**box.to_labelstudio(size), "rotation": rotation, "rectanglelabels": ["region"]}
-    return {"id": rid, "from_name": "region", "to_name": "image", "type": "rectanglelabels",
-            "original_width": size[0], "original_height": size[1], "image_rotation": 0, "value": value}
+    return {
+        "id": rid,
+        "from_name": "region",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": size[0],
+        "original_height": size[1],
+        "image_rotation": 0,
+        "value": value,
+    }
 
 
 def choice(name: str, value: str) -> dict:
-    return {"from_name": name, "to_name": "image" if name == "region_answerable" else "question",
-            "type": "choices", "value": {"choices": [value]}}
+    return {
+        "from_name": name,
+        "to_name": "image" if name == "region_answerable" else "question",
+        "type": "choices",
+        "value": {"choices": [value]},
+    }
 
 
 def assert_close(box: Box, expected: Box, tol: float = 0.5) -> None:
@@ -63,7 +74,7 @@ def assert_close(box: Box, expected: Box, tol: float = 0.5) -> None:
 
 
 @integration
-def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp_path):  # noqa: F811
+def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp_path):
     conn = ls_server.connection()
     title = unique_title("round trip")
     rows = select_samples(demo_set)
@@ -83,8 +94,10 @@ def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp
     for sid, task in task_of.items():  # predictions carry the pipeline boxes, through the converters
         row = by_id[sid]
         size = (row["width"], row["height"])
-        predicted = [Box.from_labelstudio(r["value"], (r["original_width"], r["original_height"]))
-                     for r in task.predictions[0].result]
+        predicted = [
+            Box.from_labelstudio(r["value"], (r["original_width"], r["original_height"]))
+            for r in task.predictions[0].result
+        ]
         assert [r["original_width"] for r in task.predictions[0].result] == [size[0]] * len(predicted)
         for got, rec in zip(predicted, row["boxes"]):
             assert_close(got, Box.from_record(rec), tol=1e-6)
@@ -100,28 +113,52 @@ def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp
     row = by_id[moved_id]  # the annotator moves and enlarges the box; answer correct, answerable
     size = (row["width"], row["height"])
     machine = Box.from_record(row["boxes"][0])
-    drawn[moved_id] = [Box(machine.x1 + 37.25, machine.y1 - 12.5, machine.x2 + 57.25, machine.y2 - 4.5).clamp(size)]
-    annotate(moved_id, [rectangle(drawn[moved_id][0], size, "h0"), choice("answer_correct", "correct"),
-                        choice("region_answerable", "yes"),
-                        {"from_name": "comment", "to_name": "question", "type": "textarea",
-                         "value": {"text": ["moved the box onto the object"]}}], lead_time=12.5)
+    drawn[moved_id] = [
+        Box(machine.x1 + 37.25, machine.y1 - 12.5, machine.x2 + 57.25, machine.y2 - 4.5).clamp(size)
+    ]
+    annotate(
+        moved_id,
+        [
+            rectangle(drawn[moved_id][0], size, "h0"),
+            choice("answer_correct", "correct"),
+            choice("region_answerable", "yes"),
+            {
+                "from_name": "comment",
+                "to_name": "question",
+                "type": "textarea",
+                "value": {"text": ["moved the box onto the object"]},
+            },
+        ],
+        lead_time=12.5,
+    )
 
     row = by_id[rejected_id]  # keeps the predicted box but rejects the answer
     size = (row["width"], row["height"])
     drawn[rejected_id] = [Box.from_record(b) for b in row["boxes"]]
-    annotate(rejected_id, [rectangle(b, size, f"p{i}") for i, b in enumerate(drawn[rejected_id])]
-             + [choice("answer_correct", "wrong"), choice("region_answerable", "no")], lead_time=4.0)
+    annotate(
+        rejected_id,
+        [rectangle(b, size, f"p{i}") for i, b in enumerate(drawn[rejected_id])]
+        + [choice("answer_correct", "wrong"), choice("region_answerable", "no")],
+        lead_time=4.0,
+    )
 
     row = by_id[two_boxes_id]  # adds a second box; says nothing about answerability
     size = (row["width"], row["height"])
     first_box = Box.from_record(row["boxes"][0])
     drawn[two_boxes_id] = [first_box, Box(10.5, 20.25, 60.75, 90.125)]
-    annotate(two_boxes_id, [rectangle(b, size, f"b{i}") for i, b in enumerate(drawn[two_boxes_id])]
-             + [choice("answer_correct", "correct")], lead_time=7.0)
+    annotate(
+        two_boxes_id,
+        [rectangle(b, size, f"b{i}") for i, b in enumerate(drawn[two_boxes_id])]
+        + [choice("answer_correct", "correct")],
+        lead_time=7.0,
+    )
 
     row = by_id[rotated_id]  # a rotated rectangle cannot be a canonical box
-    annotate(rotated_id, [rectangle(Box.from_record(row["boxes"][0]), (row["width"], row["height"]), "r0",
-                                    rotation=30.0)], lead_time=3.0)
+    annotate(
+        rotated_id,
+        [rectangle(Box.from_record(row["boxes"][0]), (row["width"], row["height"]), "r0", rotation=30.0)],
+        lead_time=3.0,
+    )
 
     out = tmp_path / "review"
     report = pull(title, out, conn)
@@ -140,8 +177,14 @@ def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp
         assert_close(Box(lab["x1"], lab["y1"], lab["x2"], lab["y2"]), Box.union(boxes))
         assert lab["created_at"]
     assert (label_of[moved_id]["answer_correct"], label_of[moved_id]["region_answerable"]) == (True, True)
-    assert (label_of[rejected_id]["answer_correct"], label_of[rejected_id]["region_answerable"]) == (False, False)
-    assert (label_of[two_boxes_id]["answer_correct"], label_of[two_boxes_id]["region_answerable"]) == (True, None)
+    assert (label_of[rejected_id]["answer_correct"], label_of[rejected_id]["region_answerable"]) == (
+        False,
+        False,
+    )
+    assert (label_of[two_boxes_id]["answer_correct"], label_of[two_boxes_id]["region_answerable"]) == (
+        True,
+        None,
+    )
     assert label_of[moved_id]["lead_time_s"] == pytest.approx(12.5)
 
     samples = {r["id"]: r for r in pq.read_table(out / "data").to_pylist()}
@@ -167,8 +210,10 @@ def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp
 
     # Close the loop: the next version of the set from the curated set + the pulled labels.
     merged = tmp_path / "v2"
-    recipe = load_recipe(ROOT / "pipelines" / "review_merge.yaml", overrides=[
-        f"sources.0.path={demo_set}", f"stages.0.labels={out / 'labels.parquet'}"])
+    recipe = load_recipe(
+        ROOT / "pipelines" / "review_merge.yaml",
+        overrides=[f"sources.0.path={demo_set}", f"stages.0.labels={out / 'labels.parquet'}"],
+    )
     stats = run_pipeline(recipe, merged, quiet=True)
     assert stats["invariant"]["ok"]
     kept = {r["id"]: r for r in pq.read_table(merged / "data").to_pylist()}
@@ -183,18 +228,23 @@ def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp
 
 
 @integration
-def test_cli_push_pull_twice_and_bad_image(ls_server, demo_set, tmp_path):  # noqa: F811
+def test_cli_push_pull_twice_and_bad_image(ls_server, demo_set, tmp_path):
     runner = CliRunner()
     env = {"LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token}
     title = unique_title("cli")
     n = len(select_samples(demo_set, "split IS NOT NULL", 3))
     for attempt in range(2):
-        res = runner.invoke(app, ["ls", "push", str(demo_set), "--project", title, "--where", "split IS NOT NULL",
-                                  "--limit", "3"], env=env)
+        res = runner.invoke(
+            app,
+            ["ls", "push", str(demo_set), "--project", title, "--where", "split IS NOT NULL", "--limit", "3"],
+            env=env,
+        )
         assert res.exit_code == 0, res.output
         assert f"{n} samples selected, {n * attempt} already in project" in res.output
     for _ in range(2):
-        res = runner.invoke(app, ["ls", "pull", "--project", title, "--out", str(tmp_path / "pulled")], env=env)
+        res = runner.invoke(
+            app, ["ls", "pull", "--project", title, "--out", str(tmp_path / "pulled")], env=env
+        )
         assert res.exit_code == 0, res.output
         assert f"{n} tasks have no submitted annotation" in res.output
         assert json.loads((tmp_path / "pulled" / "pull.json").read_text())["tasks"] == n
@@ -215,7 +265,7 @@ def test_cli_push_pull_twice_and_bad_image(ls_server, demo_set, tmp_path):  # no
 
 
 @integration
-def test_wrong_token_is_a_clear_401_and_leaves_nothing(ls_server, demo_set):  # noqa: F811
+def test_wrong_token_is_a_clear_401_and_leaves_nothing(ls_server, demo_set):
     title = unique_title("bad token")
     with pytest.raises(LabelStudioError) as e:
         push(demo_set, title, ls_server.connection(token="not-the-token"))
@@ -226,7 +276,7 @@ def test_wrong_token_is_a_clear_401_and_leaves_nothing(ls_server, demo_set):  # 
 
 
 @integration
-def test_foreign_project_and_unknown_project(ls_server, demo_set, tmp_path):  # noqa: F811
+def test_foreign_project_and_unknown_project(ls_server, demo_set, tmp_path):
     conn = ls_server.connection()
     title = unique_title("foreign")
     conn.client().projects.create(title=title, label_config='<View><Image name="img" value="$img"/></View>')
@@ -236,13 +286,26 @@ def test_foreign_project_and_unknown_project(ls_server, demo_set, tmp_path):  # 
         pull(unique_title("never pushed"), tmp_path / "x", conn)
 
 
-def test_server_down_names_the_url(demo_set, tmp_path):  # noqa: F811
+def test_server_down_names_the_url(demo_set, tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(LabelStudioError) as e:
         push(demo_set, "down test", Connection(url, "some-token", timeout=5))
     assert url in str(e.value) and "ergo ls serve" in str(e.value)
-    res = CliRunner().invoke(app, ["ls", "pull", "--project", "down test", "--out", str(tmp_path / "o"),
-                                   "--url", url, "--api-key", "some-token"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "ls",
+            "pull",
+            "--project",
+            "down test",
+            "--out",
+            str(tmp_path / "o"),
+            "--url",
+            url,
+            "--api-key",
+            "some-token",
+        ],
+    )
     assert res.exit_code == 1 and url in res.output and "cannot reach" in res.output
 
 
@@ -261,7 +324,7 @@ class _SlowHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_slow_server_times_out_with_a_clear_error(demo_set, tmp_path):  # noqa: F811
+def test_slow_server_times_out_with_a_clear_error(demo_set, tmp_path):
     # A stand-in for a slow Label Studio: a real one cannot be made slow on demand, so this tiny local
     # HTTP server answers every request after 3 s, past the client's 0.5 s timeout.
     slow = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
@@ -280,7 +343,7 @@ def test_slow_server_times_out_with_a_clear_error(demo_set, tmp_path):  # noqa: 
         slow.server_close()
 
 
-def test_bad_where_and_missing_key(demo_set):  # noqa: F811
+def test_bad_where_and_missing_key(demo_set):
     with pytest.raises(ValueError, match="--where"):
         select_samples(demo_set, "no_such_column = 1")
     with pytest.raises(LabelStudioError, match="LABEL_STUDIO_API_KEY"):
@@ -288,8 +351,13 @@ def test_bad_where_and_missing_key(demo_set):  # noqa: F811
 
 
 # ---- conversions without a server ------------------------------------------------------------------
-@given(size=st.tuples(st.integers(2, 20000), st.integers(2, 20000)), fx=st.floats(0, 0.99), fy=st.floats(0, 0.99),
-       fw=st.floats(0.001, 1), fh=st.floats(0.001, 1))
+@given(
+    size=st.tuples(st.integers(2, 20000), st.integers(2, 20000)),
+    fx=st.floats(0, 0.99),
+    fy=st.floats(0, 0.99),
+    fw=st.floats(0.001, 1),
+    fh=st.floats(0.001, 1),
+)
 def test_prediction_and_annotation_convert_back_exactly(size, fx, fy, fw, fh):
     w, h = size
     x1, y1 = fx * w, fy * h
@@ -305,21 +373,42 @@ def _export_task(tid: int, sid: str | None, annotations: list[dict], size=(200, 
     return {"id": tid, "data": data, "annotations": annotations}
 
 
-_SAMPLE = {"image": {"bytes": None, "path": None}, "image_sha256": "0" * 64, "question": "Which?",
-           "options": [], "answer": "red", "answer_letter": None, "source": "s", "category": None,
-           "needs_review": True, "split": None, "provenance": "{}",
-           "boxes": [{"x1": 10.0, "y1": 10.0, "x2": 20.0, "y2": 20.0, "label": "cat", "source": "annotation"}]}
+_SAMPLE = {
+    "image": {"bytes": None, "path": None},
+    "image_sha256": "0" * 64,
+    "question": "Which?",
+    "options": [],
+    "answer": "red",
+    "answer_letter": None,
+    "source": "s",
+    "category": None,
+    "needs_review": True,
+    "split": None,
+    "provenance": "{}",
+    "boxes": [{"x1": 10.0, "y1": 10.0, "x2": 20.0, "y2": 20.0, "label": "cat", "source": "annotation"}],
+}
 
 
 def _ann(result: list[dict], cancelled: bool = False, when: str = "2026-01-01T00:00:00Z") -> dict:
-    return {"id": 7, "completed_by": 3, "result": result, "was_cancelled": cancelled, "lead_time": 2.0,
-            "created_at": when, "updated_at": when}
+    return {
+        "id": 7,
+        "completed_by": 3,
+        "result": result,
+        "was_cancelled": cancelled,
+        "lead_time": 2.0,
+        "created_at": when,
+        "updated_at": when,
+    }
 
 
 def test_convert_export_reports_every_task():
     size = (200, 100)
     tasks = [
-        _export_task(1, "s/ok", [_ann([rectangle(Box(20, 20, 120, 70), size, "a"), choice("answer_correct", "correct")])]),
+        _export_task(
+            1,
+            "s/ok",
+            [_ann([rectangle(Box(20, 20, 120, 70), size, "a"), choice("answer_correct", "correct")])],
+        ),
         _export_task(2, "s/skipped", [_ann([], cancelled=True)]),
         _export_task(3, "s/none", []),
         _export_task(4, None, []),
@@ -330,7 +419,9 @@ def test_convert_export_reports_every_task():
     report = PullReport("p", 1, "http://ls:8080", "/tmp/x")
     samples, labels = convert_export(tasks, {3: "ann@example.com"}, report)
     assert [s["id"] for s in samples] == ["s/ok"] and [lab["id"] for lab in labels] == ["s/ok"]
-    assert samples[0]["image"]["path"] == "http://ls:8080/data/upload/1/abc-x.jpg"  # the sample had bytes only
+    assert (
+        samples[0]["image"]["path"] == "http://ls:8080/data/upload/1/abc-x.jpg"
+    )  # the sample had bytes only
     assert labels[0]["annotator"] == "ann@example.com" and labels[0]["answer_correct"] is True
     assert report.unannotated == ["s/none", "s/skipped"]
     errors = "\n".join(report.errors)

@@ -27,15 +27,17 @@ from PIL import Image
 from ergo_data.boxes import Box
 from ergo_data.imageio import open_rgb
 from ergo_data.labelstudio import push, select_samples
-from tests.ls_server_fixture import demo_set, ls_server  # noqa: F401
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPLY_TIMEOUT_S = 60
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="headless browser check skipped: /usr/bin/chromium is "
-                       "absent (apt-get install chromium to run it)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="headless browser check skipped: /usr/bin/chromium is "
+        "absent (apt-get install chromium to run it)",
+    ),
 ]
 
 
@@ -51,11 +53,24 @@ class DevTools:
             os.dup2(from_browser_w, 4)
 
         self.proc = subprocess.Popen(
-            [str(CHROMIUM), "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
-             "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}", f"--window-size={width},{height}",
-             "about:blank"],
+            [
+                str(CHROMIUM),
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                "--no-first-run",
+                "--hide-scrollbars",
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                "about:blank",
+            ],
             # preexec_fn only calls dup2 (safe enough with threads); pass_fds keeps 3 and 4 open in the child.
-            pass_fds=(3, 4), preexec_fn=wire_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: PLW1509
+            pass_fds=(3, 4),
+            preexec_fn=wire_fds,  # noqa: PLW1509
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_browser_r)
         os.close(from_browser_w)
         self._next_id = 0
@@ -106,8 +121,11 @@ class DevTools:
 def login_cookies(url: str, email: str, password: str) -> dict[str, str]:
     with httpx.Client(base_url=url, follow_redirects=False, timeout=60) as web:
         web.get("/user/login/").raise_for_status()
-        answer = web.post("/user/login/", headers={"Referer": f"{url}/user/login/"}, data={
-            "email": email, "password": password, "csrfmiddlewaretoken": web.cookies["csrftoken"]})
+        answer = web.post(
+            "/user/login/",
+            headers={"Referer": f"{url}/user/login/"},
+            data={"email": email, "password": password, "csrfmiddlewaretoken": web.cookies["csrftoken"]},
+        )
         assert answer.status_code == 302, f"login failed: {answer.status_code}"
         return {"sessionid": web.cookies["sessionid"], "csrftoken": web.cookies["csrftoken"]}
 
@@ -126,7 +144,7 @@ def box_on_screen(shot: np.ndarray, rect: list[float], source: Image.Image) -> B
     """Where the editor drew over the image: compare the screenshot with the image resized to its screen
     size; the rows and columns with many changed, box-coloured pixels are the box's outline."""
     x, y, w, h = (round(v) for v in rect[:4])
-    seen = shot[y:y + h, x:x + w, :3].astype(int)
+    seen = shot[y : y + h, x : x + w, :3].astype(int)
     plain = np.asarray(source.resize((seen.shape[1], seen.shape[0]), Image.BILINEAR)).astype(int)
     # changed from the image, and red like the label's colour (the outline over a reddish desert changes
     # the pixel less than over a blue car, so the test needs both)
@@ -136,11 +154,14 @@ def box_on_screen(shot: np.ndarray, rect: list[float], source: Image.Image) -> B
     return Box(x + cols[0], y + rows[0], x + cols[-1] + 1, y + rows[-1] + 1)
 
 
-def test_task_page_draws_the_predicted_box_over_its_pixels(ls_server, demo_set, tmp_path):  # noqa: F811
+def test_task_page_draws_the_predicted_box_over_its_pixels(ls_server, demo_set, tmp_path):
     conn = ls_server.connection()
     title = f"browser {secrets.token_hex(3)}"
     # the sample whose box covers most of its image: the largest outline on screen
-    row = max(select_samples(demo_set), key=lambda r: Box.from_record(r["boxes"][0]).area / (r["width"] * r["height"]))
+    row = max(
+        select_samples(demo_set),
+        key=lambda r: Box.from_record(r["boxes"][0]).area / (r["width"] * r["height"]),
+    )
     report = push(demo_set, title, conn, where=f"id = '{row['id']}'")
     task = next(iter(conn.client().tasks.list(project=report.project_id, fields="task_only")))
     cookies = login_cookies(ls_server.url, ls_server.username, ls_server.password)

@@ -7,6 +7,7 @@ import io
 import json
 
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -168,6 +169,8 @@ def tiny():
 
 
 def _gen(processor):
+    # a random model could sample <tool_call> / <zoom>: seeded, so each test sees the same text
+    torch.manual_seed(0)
     return {"do_sample": True, "suppress_tokens": vision_token_ids(processor.tokenizer)}
 
 
@@ -211,3 +214,11 @@ def test_no_zoom_call_ends_after_turn_one(tiny):
     res = run_two_turns(model, processor, _row(), BUDGET, max_new_tokens=8, generate_kwargs=_gen(processor))
     assert res.zoom is None and res.turn2_text is None and res.final_text == res.turn1_text
     assert res.vision_tokens == [54] and len(res.completion) == 1
+
+
+def test_unreadable_tool_call_text_runs_no_tool_as_in_training(tiny):
+    model, processor = tiny
+    with scripted_first_turn(model, processor.tokenizer, ['<tool_call>\n{"name": "zoom", "argu<|im_end|>']):
+        res = run_two_turns(model, processor, _row(), BUDGET, max_new_tokens=40, generate_kwargs=_gen(processor))
+    assert res.zoom is None and len(res.completion) == 1
+    assert parse_completion(res.completion).format_error is not None  # and the rewards give format 0

@@ -4,8 +4,14 @@ Sample ids are kept as they are, so labels keyed by id (``labels.parquet``) and 
 (keyed by ``sample_id``) still match the next version of the set; ``source`` becomes this source's name
 (the per-source invariant counts it), and the previous source and provenance move into ``provenance``.
 
->>> from ergo_data.registry import source_registry
->>> src = source_registry.get("parquet")(name="v1", path="tests")  # doctest: +SKIP
+>>> import tempfile, pyarrow.parquet as pq
+>>> from ergo_data.schema import make_row, rows_to_table
+>>> folder = tempfile.mkdtemp()
+>>> old = make_row(id="v1/a", image_path="a.jpg", question="Q?", answer="x", source="v1")
+>>> pq.write_table(rows_to_table([old]), f"{folder}/part-0.parquet")
+>>> row = next(ParquetSource(name="v2", path=folder).read())
+>>> row["id"], row["source"]
+('v1/a', 'v2')
 """
 
 from __future__ import annotations
@@ -51,14 +57,21 @@ class ParquetSource(Source):
     def _row(self, row: dict[str, Any], path: Path) -> dict[str, Any] | Reject:
         sid = row.get("id")
         if not isinstance(sid, str) or not sid:
-            return Reject({"id": f"{self.name}/{path.name}", "source": self.name}, "bad_record",
-                          f"{path.name}: a row without an id")
+            return Reject(
+                {"id": f"{self.name}/{path.name}", "source": self.name},
+                "bad_record",
+                f"{path.name}: a row without an id",
+            )
         try:
             before = json.loads(row.get("provenance") or "{}")
         except (TypeError, ValueError):
             before = row.get("provenance")
-        previous = {"file": path.name, "reader": "parquet", "previous_source": row.get("source"),
-                    "previous_provenance": before}
+        previous = {
+            "file": path.name,
+            "reader": "parquet",
+            "previous_source": row.get("source"),
+            "previous_provenance": before,
+        }
         row = dict(row, source=self.name, provenance=json.dumps(previous, sort_keys=True))
         try:
             validate_row(row, require_decoded=False)

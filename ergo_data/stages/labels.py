@@ -61,7 +61,9 @@ def load_labels(path: str | Path) -> dict[str, dict[str, Any]]:
         raise RecipeError(f"stage 'labels': {str(p)!r} is not a Parquet file: {e}") from None
     missing = [c for c in LABELS_SCHEMA.names if c not in table.column_names]
     if missing:
-        raise RecipeError(f"stage 'labels': {str(p)!r} lacks columns {missing} (expected {LABELS_SCHEMA.names})")
+        raise RecipeError(
+            f"stage 'labels': {str(p)!r} lacks columns {missing} (expected {LABELS_SCHEMA.names})"
+        )
     latest: dict[str, dict[str, Any]] = {}
     for row in table.select(LABELS_SCHEMA.names).to_pylist():
         old = latest.get(row["id"])
@@ -88,11 +90,17 @@ class LabelsStage(RowStage):
     def apply(self, row: dict[str, Any], label: dict[str, Any]) -> dict[str, Any] | Reject:
         who = label["annotator"] or "?"
         if label["answer_correct"] is False:
-            return Reject(row, "human_rejected_answer",
-                          f"{who} marked the answer {row.get('answer')!r} wrong ({label['created_at']})")
+            return Reject(
+                row,
+                "human_rejected_answer",
+                f"{who} marked the answer {row.get('answer')!r} wrong ({label['created_at']})",
+            )
         if self.params.drop_unanswerable and label["region_answerable"] is False:
-            return Reject(row, "human_region_unanswerable",
-                          f"{who} judged the question not answerable from the region ({label['created_at']})")
+            return Reject(
+                row,
+                "human_region_unanswerable",
+                f"{who} judged the question not answerable from the region ({label['created_at']})",
+            )
         out = dict(row, needs_review=False)
         coords = [label[k] for k in ("x1", "y1", "x2", "y2")]
         if all(c is not None for c in coords):
@@ -104,7 +112,9 @@ class LabelsStage(RowStage):
                 return Reject(row, "human_box_invalid", f"box by {who}: {e}")
             machine = [b for b in row.get("boxes") or [] if b.get("source") != "human"]
             names = {b.get("label") for b in machine}
-            record = human.to_record(label=(names.pop() if len(names) == 1 else None) or HUMAN_LABEL, source="human")
+            record = human.to_record(
+                label=(names.pop() if len(names) == 1 else None) or HUMAN_LABEL, source="human"
+            )
             out["boxes"] = [record] if self.params.box == "replace" else machine + [record]
             return refresh_derived(out)
         return out
