@@ -25,12 +25,12 @@ import pyarrow.parquet as pq
 
 from ergo_data.registry import source_registry
 from ergo_data.schema import SchemaError, validate_row
-from ergo_data.sources.base import Reject, Source, SourceParams
-from ergo_data.stages.base import RecipeError
+from ergo_data.sources.base import Reject, Source
+from ergo_data.stages.base import Params, RecipeError
 
 
-class ParquetParams(SourceParams):
-    pass  # `path`: an output directory (reads its data/*.parquet), a folder of .parquet files, or one file
+class ParquetParams(Params):
+    path: str  # an output directory (reads its data/*.parquet), a folder of .parquet files, or one file
 
 
 @source_registry.register("parquet")
