@@ -23,6 +23,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 URL_HELP = "Label Studio URL (env LABEL_STUDIO_URL)"
 KEY_HELP = "API token (env LABEL_STUDIO_API_KEY)"
+UrlOption = Annotated[str, typer.Option("--url", envvar="LABEL_STUDIO_URL", help=URL_HELP)]
+KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help=KEY_HELP)]
+TimeoutOption = Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per request")]
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -52,13 +55,9 @@ def push(
     limit: Annotated[
         int | None, typer.Option("--limit", min=1, help="push at most N samples (ordered by id)")
     ] = None,
-    url: Annotated[
-        str, typer.Option("--url", envvar="LABEL_STUDIO_URL", help=URL_HELP)
-    ] = "http://127.0.0.1:8080",
-    api_key: Annotated[
-        str | None, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help=KEY_HELP)
-    ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per request")] = 60.0,
+    url: UrlOption = "http://127.0.0.1:8080",
+    api_key: KeyOption = None,
+    timeout: TimeoutOption = 60.0,
 ) -> None:
     """Import samples as tasks (boxes as predictions); samples already in the project are skipped."""
     from ergo_data.labelstudio import LabelStudioError
@@ -98,13 +97,9 @@ def pull(
     out: Annotated[
         Path, typer.Option("--out", "-o", help="writes OUT/data/*.parquet, OUT/labels.parquet, OUT/pull.json")
     ],
-    url: Annotated[
-        str, typer.Option("--url", envvar="LABEL_STUDIO_URL", help=URL_HELP)
-    ] = "http://127.0.0.1:8080",
-    api_key: Annotated[
-        str | None, typer.Option("--api-key", envvar="LABEL_STUDIO_API_KEY", help=KEY_HELP)
-    ] = None,
-    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per request")] = 60.0,
+    url: UrlOption = "http://127.0.0.1:8080",
+    api_key: KeyOption = None,
+    timeout: TimeoutOption = 60.0,
 ) -> None:
     """Export annotations: reviewed Samples (human boxes, source=human) and the `labels` table."""
     from ergo_data.labelstudio import LabelStudioError

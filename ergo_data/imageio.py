@@ -9,8 +9,8 @@ short ``reason`` code (``empty_file``, ``unreadable_image``, ``truncated_image``
 
 >>> data = open("examples/vstar/signicade.JPG", "rb").read()
 >>> view = decode_coarse(data, max_pixels=1280 * 28 * 28)
->>> view.size, view.array.shape, phash_hex(view.array) == phash_hex(view.array)
-((4240, 2700), (784, 1232, 3), True)
+>>> view.size, view.array.shape, len(phash_hex(view.array))
+((4240, 2700), (784, 1232, 3), 16)
 >>> decode_coarse(b"", 1280 * 28 * 28)
 Traceback (most recent call last):
 ...
@@ -315,7 +315,6 @@ def decode_coarse(data: bytes, max_pixels: int, max_image_pixels: int | None = N
 def decode_full(data: bytes, max_image_pixels: int | None = None) -> tuple[np.ndarray, ImageInfo]:
     """Full-resolution RGB array in the STORED frame (orient crops and small views, never this array)."""
     im, info = _open(data, max_image_pixels)
-    _check_aspect(info)
     if info.fast_path:
         return _jpeg_decode(data, (0, 0)), info
     return _pillow_decode(im, info), info
@@ -323,6 +322,7 @@ def decode_full(data: bytes, max_image_pixels: int | None = None) -> tuple[np.nd
 
 def coarse_from_full(full: np.ndarray, info: ImageInfo, max_pixels: int) -> CoarseView:
     """The view at ``max_pixels`` from an array ``decode_full`` returned (reuse it: no second decode)."""
+    _check_aspect(info)
     stored_target = _stored(resized_size(info.size, max_pixels), info.orientation)
     return CoarseView(_resize_orient(full, stored_target, info.orientation), info.size, info)
 
@@ -346,8 +346,10 @@ def displayed_to_stored(box: Box, info: ImageInfo) -> Box:
 def phash_hex(array: np.ndarray) -> str:
     """64-bit perceptual hash (imagehash's pHash) of an RGB array, as 16 hex digits.
 
-    Same algorithm as ``imagehash.phash(Image.fromarray(array))``; the 32x32 grey thumbnail is made with
-    Pillow's reducing gap (box-reduce, then Lanczos), several times faster on a budget-sized view.
+    imagehash's algorithm (grey, 32x32 Lanczos thumbnail, DCT, median) with the thumbnail made through
+    Pillow's reducing gap (box-reduce, then Lanczos): about 3x faster on a budget-sized view, and within
+    2 bits of ``imagehash.phash(Image.fromarray(array))`` (equal on 14 of the benchmark's 16 images).
+    Compare hashes made the same way: ``dedup`` and ``decontaminate`` thresholds are a few bits.
     """
     import imagehash
 

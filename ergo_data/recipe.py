@@ -34,7 +34,7 @@ class Recipe(Params):
     description: str = ""
     seed: int = 0
     sources: list[dict[str, Any]]
-    stages: list[dict[str, Any]] = []
+    stages: list[dict[str, Any]] = Field(default_factory=list)
     output: OutputSpec = OutputSpec()
     ray: RaySpec = RaySpec()  # scheduling only: never changes the outputs
 
@@ -90,15 +90,19 @@ def parse_recipe(data: Any, overrides: list[str] | None = None, origin: str = "<
     return recipe
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+def read_yaml_file(path: str | Path, what: str = "recipe") -> Any:
+    """Load a YAML file; a missing file or bad YAML is a RecipeError naming ``what`` and the path."""
     p = Path(path)
     if not p.is_file():
-        raise RecipeError(f"recipe {str(p)!r} not found")
+        raise RecipeError(f"{what} {str(p)!r} not found")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise RecipeError(f"recipe {str(p)!r} is not valid YAML: {e}") from None
-    return parse_recipe(data, overrides, str(p))
+        raise RecipeError(f"{what} {str(p)!r} is not valid YAML: {e}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    return parse_recipe(read_yaml_file(path), overrides, str(path))
 
 
 def build_sources(recipe: Recipe) -> list[Any]:

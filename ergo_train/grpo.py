@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field
 
-from ergo_data.recipe import apply_override
+from ergo_data.recipe import apply_override, read_yaml_file
 from ergo_data.stages.base import Params, RecipeError, build_params
 from ergo_data.vision import budget_pixels
 from ergo_train.rollout import build_turn1_prompt, row_image, use_tool_chat_template, zoom_env_factory
@@ -91,14 +90,7 @@ def parse_train_recipe(data: Any, overrides: Sequence[str] = (), origin: str = "
 
 def load_train_recipe(path: str | Path, overrides: Sequence[str] = ()) -> TrainRecipe:
     """Read a training recipe; ``overrides`` are ``--set`` assignments (``grpo.max_steps=2``, ``model=...``)."""
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"training recipe {str(p)!r} not found")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise RecipeError(f"training recipe {str(p)!r} is not valid YAML: {e}") from None
-    return parse_train_recipe(data, overrides, str(p))
+    return parse_train_recipe(read_yaml_file(path, "training recipe"), overrides, str(path))
 
 
 # ---- data ------------------------------------------------------------------------------------------

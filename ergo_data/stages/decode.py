@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,12 @@ def rotate_stored_boxes(records: list[dict[str, Any]], info: ImageInfo) -> list[
     return out
 
 
+@dataclass(frozen=True)
+class _Decoded:
+    size: tuple[int, int]
+    info: ImageInfo
+
+
 @stage_registry.register("decode")
 class DecodeStage(RowStage):
     """Open, EXIF-transpose, convert to RGB, record width/height/sha256/pHash; reject unusable images."""
@@ -86,6 +94,25 @@ class DecodeStage(RowStage):
         for row in rows:
             yield self.decode_row(row)
 
+    def _decode_cached(self, sha: str, data: bytes) -> tuple[Any, str] | tuple[str, str]:
+        """(view, phash), or (reason, detail) for a bad image; images shared by several questions
+        (generators yield many per image) are decoded once per worker. The cache keeps no pixels."""
+        cache = self.__dict__.setdefault("_cache", OrderedDict())
+        if sha in cache:
+            cache.move_to_end(sha)
+            return cache[sha]
+        try:
+            view = decode_coarse(data, self.params.max_pixels, self.params.max_image_pixels)
+            result: tuple[Any, str] | tuple[str, str] = (_Decoded(view.size, view.info), phash_hex(view.array))
+        except DecodeError as e:
+            result = (e.reason, str(e))
+        except Exception as e:  # noqa: BLE001 - a decoder bug must not kill the run: the sample leaves with a reason
+            result = ("decode_failed", f"{type(e).__name__}: {e}")
+        cache[sha] = result
+        if len(cache) > 256:
+            cache.popitem(last=False)
+        return result
+
     def decode_row(self, row: dict[str, Any]) -> dict[str, Any] | Reject:
         path = (row.get("image") or {}).get("path") or "<embedded bytes>"
         try:
@@ -94,16 +121,15 @@ class DecodeStage(RowStage):
             return Reject(row, "image_missing", f"image file not found: {path} ({e.strerror or e})")
         except OSError as e:
             return Reject(row, "image_unreadable", f"cannot read {path}: {e}")
-        try:
-            view = decode_coarse(data, self.params.max_pixels, self.params.max_image_pixels)
-            phash = phash_hex(view.array)
-        except DecodeError as e:
-            return Reject(row, e.reason, f"{path}: {e}")
-        except Exception as e:  # noqa: BLE001 - a decoder bug must not kill the run: the sample leaves with a reason
-            return Reject(row, "decode_failed", f"{path}: {type(e).__name__}: {e}")
+        sha = hashlib.sha256(data).hexdigest()
+        decoded = self._decode_cached(sha, data)
+        if isinstance(decoded, tuple) and isinstance(decoded[0], str):
+            reason, detail = decoded
+            return Reject(row, reason, f"{path}: {detail}")
+        view, phash = decoded
         out = dict(row)
         out["width"], out["height"] = view.size
-        out["image_sha256"] = hashlib.sha256(data).hexdigest()
+        out["image_sha256"] = sha
         out["image_phash"] = phash
         if self.params.embed_images:
             out["image"] = {"bytes": data, "path": path if path != "<embedded bytes>" else None}

@@ -23,6 +23,7 @@ from ergo_data.registry import stage_registry
 from ergo_data.schema import rows_to_table
 from ergo_data.stages.base import GlobalStage, Params, RecipeError, StageResult
 from ergo_data.sources.base import IMAGE_EXTENSIONS
+from ergo_data.vision import BUDGETS
 
 
 def phash_ints(hexes: list[str]) -> np.ndarray:
@@ -105,20 +106,17 @@ class DecontaminateStage(GlobalStage):
 
     def reference_hashes(self) -> tuple[list[str], np.ndarray]:
         if self._ref is None:
-            import imagehash
-            from PIL import Image
-
-            from ergo_data.imageio import DecodeError, decode_coarse
+            from ergo_data.imageio import DecodeError, decode_coarse, phash_hex
 
             names, hashes = [], []
             for p in sorted(self.reference.rglob("*")):
                 if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
                     try:
-                        view = decode_coarse(p.read_bytes(), 1280 * 28 * 28)
+                        view = decode_coarse(p.read_bytes(), BUDGETS[1280])
                     except DecodeError:
                         continue
                     names.append(str(p.relative_to(self.reference)))
-                    hashes.append(str(imagehash.phash(Image.fromarray(view.array))))
+                    hashes.append(phash_hex(view.array))  # the same hash as `decode` makes
             self._ref = (names, phash_ints(hashes))
         return self._ref
 

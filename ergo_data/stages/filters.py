@@ -10,7 +10,8 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ergo_data.boxes import Box, BoxError
 from ergo_data.registry import stage_registry
@@ -21,6 +22,14 @@ from ergo_data.vision import BUDGETS, box_short_side_at_budget, derived_columns
 
 def row_boxes(row: dict[str, Any]) -> list[Box]:
     return [Box.from_record(b) for b in row.get("boxes") or []]
+
+
+def union_region(row: dict[str, Any]) -> Box | Reject:
+    """The one region ERGO zooms on (union of the boxes), or a Reject if it cannot be measured."""
+    boxes = row_boxes(row)
+    if not boxes or not row.get("width") or not row.get("height"):
+        return Reject(row, "not_measurable", "needs decoded width/height and at least one box")
+    return Box.union(boxes)
 
 
 def refresh_derived(row: dict[str, Any]) -> dict[str, Any]:
@@ -97,11 +106,11 @@ class VisibilityStage(RowStage):
     def run(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | Reject]:
         p = self.params
         for row in rows:
-            boxes = row_boxes(row)
-            if not boxes or not row.get("width"):
-                yield Reject(row, "not_measurable", "needs decoded width/height and at least one box")
+            region = union_region(row)
+            if isinstance(region, Reject):
+                yield region
                 continue
-            side = box_short_side_at_budget(Box.union(boxes), (row["width"], row["height"]), p.max_pixels)
+            side = box_short_side_at_budget(region, (row["width"], row["height"]), p.max_pixels)
             if side < p.min_side_px:
                 yield Reject(row, "region_too_small", f"box short side {side:.1f} px at max_pixels={p.max_pixels} "
                              f"< {p.min_side_px} px: probably not findable in the coarse view")
@@ -126,11 +135,11 @@ class AreaStage(RowStage):
     def run(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | Reject]:
         p = self.params
         for row in rows:
-            boxes = row_boxes(row)
-            if not boxes or not row.get("width"):
-                yield Reject(row, "not_measurable", "needs decoded width/height and at least one box")
+            region = union_region(row)
+            if isinstance(region, Reject):
+                yield region
                 continue
-            frac = Box.union(boxes).area / (row["width"] * row["height"])
+            frac = region.area / (row["width"] * row["height"])
             if frac < p.min_frac:
                 yield Reject(row, "box_area_too_small", f"box area fraction {frac:.5f} < {p.min_frac}")
             elif frac > p.max_frac:
