@@ -16,8 +16,9 @@ Sizes are always ``(width, height)`` tuples.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 Size = tuple[int, int]  # (width, height)
 

@@ -11,7 +11,6 @@ import json
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -67,7 +66,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="validate the recipe and print the plan only"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore finished work from an earlier run"),
     executor: str = typer.Option("local", "--executor", help="local or ray"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)"),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)"),
     embed_images: bool = typer.Option(False, "--embed-images", help="store image bytes in the shards"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:

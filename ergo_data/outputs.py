@@ -20,7 +20,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ergo_data.schema import (
-    REJECT_SCHEMA, SAMPLE_SCHEMA, SchemaError, arrow_schema_for, reject_row, validate_row, with_hf_metadata,
+    REJECT_SCHEMA,
+    SAMPLE_SCHEMA,
+    SchemaError,
+    arrow_schema_for,
+    reject_row,
+    validate_row,
+    with_hf_metadata,
 )
 
 

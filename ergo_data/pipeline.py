@@ -18,16 +18,20 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pyarrow as pa
 
 from ergo_data.outputs import (
-    atomic_write_json, read_parts, write_final, write_parquet_atomic,
+    atomic_write_json,
+    read_parts,
+    write_final,
+    write_parquet_atomic,
 )
 from ergo_data.recipe import Recipe, build_sources, build_stage, build_stages
 from ergo_data.schema import REJECT_SCHEMA, rows_to_table

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 from ergo_data.boxes import Box, Size
 

@@ -18,8 +18,9 @@ resized to the same budget. A malformed zoom still yields an image (the whole co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -80,7 +81,7 @@ def zoom_crop(image: Image.Image, xyxy: Sequence[Any] | None, seen_size: Size, m
             raise BoxError("no zoom box")
         box = Box.from_model(list(xyxy), resized_size=seen_size, original_size=image.size)
     except (BoxError, TypeError, ValueError) as e:
-        view, size = coarse_view(image, max_pixels)
+        view, _ = coarse_view(image, max_pixels)
         return ZoomResult(view, None, False, str(e), vision_tokens(image.size, max_pixels), 1.0)
     crop = crop_at_budget(image, box, max_pixels)
     frac = box.area / (image.size[0] * image.size[1])

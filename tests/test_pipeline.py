@@ -10,7 +10,6 @@ import pytest
 
 from ergo_data.pipeline import run_pipeline
 from ergo_data.recipe import load_recipe, parse_recipe
-
 from tests.conftest import ROOT
 
 NEEDS_ZOOM = ["bag_of_bottle", "doll", "flag", "queue_time", "signicade", "vending_machine"]
@@ -31,7 +30,7 @@ def read(folder):
 
 
 def test_worked_example_band_keeps_the_six_needs_zoom_items(demo_out):
-    out, stats = demo_out
+    out, _ = demo_out
     kept = {r["id"] for r in read(out / "data") if r["source"] == "examples"}
     assert kept == {f"examples/{s}" for s in NEEDS_ZOOM}
     rejects = {r["id"]: r for r in read(out / "rejects")}
@@ -48,7 +47,7 @@ def test_sql_selects_the_other_group(tmp_path):
 
 
 def test_stats_and_invariant(demo_out):
-    out, stats = demo_out
+    out, _ = demo_out
     on_disk = json.loads((out / "stats.json").read_text())
     assert on_disk["invariant"]["ok"] is True
     for name, c in on_disk["sources"].items():

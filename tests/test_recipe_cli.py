@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 from ergo_data.cli import app
 from ergo_data.recipe import apply_override, load_recipe, parse_recipe
 from ergo_data.stages.base import RecipeError
-
 from tests.conftest import ROOT
 
 runner = CliRunner()

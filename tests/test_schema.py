@@ -6,8 +6,18 @@ import pyarrow as pa
 import pytest
 
 from ergo_data.schema import (
-    CORE_COLUMNS, DERIVED_COLUMNS, LABELS_SCHEMA, REJECT_SCHEMA, SAMPLE_SCHEMA, BoxRecord, SchemaError,
-    hf_features, make_row, rows_to_table, validate_row, with_hf_metadata,
+    CORE_COLUMNS,
+    DERIVED_COLUMNS,
+    LABELS_SCHEMA,
+    REJECT_SCHEMA,
+    SAMPLE_SCHEMA,
+    BoxRecord,
+    SchemaError,
+    hf_features,
+    make_row,
+    rows_to_table,
+    validate_row,
+    with_hf_metadata,
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
+from ergo_data.boxes import Box
 from ergo_data.registry import stage_registry
 from ergo_data.schema import BoxRecord, make_row
 from ergo_data.stages.base import RecipeError
@@ -13,7 +14,6 @@ from ergo_data.stages.filters import AreaStage, BoxCheckStage, VisibilityStage
 from ergo_data.stages.split import SplitStage, StratifyStage
 from ergo_data.stages.sql import SqlStage
 from ergo_data.vision import derived_columns
-from ergo_data.boxes import Box
 
 
 def row(i, box=(100, 100, 140, 130), size=(4000, 3000), sha=None, phash="0" * 16, source="s"):

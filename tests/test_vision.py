@@ -11,7 +11,13 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from ergo_data.boxes import Box
 from ergo_data.vision import (
-    BUDGETS, MIN_PIXELS, box_short_side_at_budget, derived_columns, resized_size, smart_resize, vision_tokens,
+    BUDGETS,
+    MIN_PIXELS,
+    box_short_side_at_budget,
+    derived_columns,
+    resized_size,
+    smart_resize,
+    vision_tokens,
 )
 
 

@@ -10,8 +10,9 @@ Richer, verifiable questions (spatial, counting, colour) come from the ``questio
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ergo_data.boxes import Box, BoxError
 from ergo_data.registry import source_registry

@@ -7,8 +7,9 @@ Each line needs ``key`` (or ``id``), ``image`` (a path string or ``{"path": ...}
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ergo_data.registry import source_registry
 from ergo_data.schema import CORE_COLUMNS, SchemaError, make_row, validate_row

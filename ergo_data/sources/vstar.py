@@ -11,14 +11,20 @@ This reader is shared with evaluation (``ergo_train.evaluate``):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from ergo_data.boxes import Box, BoxError
 from ergo_data.registry import source_registry
 from ergo_data.schema import make_row
 from ergo_data.sources.base import (
-    IMAGE_EXTENSIONS, Reject, Source, SourceParams, load_json_file, shuffled_options,
+    IMAGE_EXTENSIONS,
+    Reject,
+    Source,
+    SourceParams,
+    load_json_file,
+    shuffled_options,
 )
 
 

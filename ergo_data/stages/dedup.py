@@ -21,8 +21,8 @@ import pyarrow as pa
 
 from ergo_data.registry import stage_registry
 from ergo_data.schema import rows_to_table
-from ergo_data.stages.base import GlobalStage, Params, RecipeError, StageResult
 from ergo_data.sources.base import IMAGE_EXTENSIONS
+from ergo_data.stages.base import GlobalStage, Params, RecipeError, StageResult
 from ergo_data.vision import BUDGETS
 
 

@@ -18,6 +18,7 @@ from collections import defaultdict
 from typing import Any
 
 import pyarrow as pa
+from pydantic import Field
 
 from ergo_data.registry import stage_registry
 from ergo_data.schema import rows_to_table
@@ -60,8 +61,8 @@ class SplitStage(GlobalStage):
 
 
 class StratifyParams(Params):
-    by: list[str] = ["source"]  # columns whose values form a bucket (e.g. source, category)
-    area_bins: list[float] | None = [0.0, 0.0005, 0.005, 0.05, 1.0]  # box_area_frac bin edges; None: ignore
+    by: list[str] = Field(default_factory=lambda: ["source"])  # columns whose values form a bucket (e.g. source, category)
+    area_bins: list[float] | None = Field(default_factory=lambda: [0.0, 0.0005, 0.005, 0.05, 1.0])  # box_area_frac bin edges; None: ignore
     max_per_bucket: int = 1000
     seed: int = 0
 
