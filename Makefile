@@ -39,7 +39,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check ergo_data ergo_train tests benchmarks
 
 lock: $(STAMP)
-	{ head -2 constraints.txt; $(BIN)/pip freeze | grep -v -i -E '^(-e |ergo)' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/'; } > constraints.new && mv constraints.new constraints.txt
+	{ head -2 constraints.txt; $(BIN)/pip freeze | grep -v -i -E '^(-e |ergo)| @ file:' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/'; } > constraints.new && mv constraints.new constraints.txt
 
 clean:
 	rm -rf out .pytest_cache
