@@ -115,7 +115,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         result["run_s"] = time.perf_counter() - t0
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # Ray starts its workers at nice 15; on a shared machine that alone made decode 3-5x slower than
+        # Ray starts its workers at nice 15; on a shared machine that alone made decode 2.5-4x slower than
         # the local executor's nice-0 process. Same priority for both, unless the caller sets it.
         os.environ.setdefault("RAY_worker_niceness", "0")
         import ray

@@ -201,15 +201,15 @@ def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = 
 
     out = Path(out_dir)
     work = out / RAY_WORK
-    for sub in (RAY_WORK, WORK, "data", "rejects"):  # the outputs will come from this run only
-        shutil.rmtree(out / sub, ignore_errors=True)
-    work.mkdir(parents=True)
     stages = build_stages(recipe)  # validates every stage's params before any work starts
     segments = plan_segments(recipe, stages)
     t_start = time.perf_counter()
-    owns_ray = connect(address, quiet)
+    owns_ray = connect(address, quiet)  # before touching `out`: an unreachable cluster leaves it as it was
     restore = _configure_data_context(quiet)
     try:
+        for sub in (RAY_WORK, WORK, "data", "rejects"):  # the outputs will come from this run only
+            shutil.rmtree(out / sub, ignore_errors=True)
+        work.mkdir(parents=True)
         with Progress(quiet=quiet) as prog:
             inputs = read_sources(recipe, work, prog.advance)
             prev_dir, n_chunks = work / "inputs", inputs["chunks"]
@@ -253,7 +253,11 @@ def connect(address: str | None, quiet: bool = False) -> bool:
     kwargs: dict[str, Any] = {"logging_level": "WARNING" if quiet else "INFO", "log_to_driver": not quiet}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["include_dashboard"] = False  # a throwaway local cluster: no dashboard to serve
-    ray.init(address=address, **kwargs)
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
+        raise RecipeError(f"cannot start or reach Ray at {where}: {e}") from None
     return True
 
 
