@@ -182,20 +182,41 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, workers: int = 1, quiet: b
     segments = plan_segments(recipe, stages)
     t_start = time.perf_counter()
     with Progress(quiet=quiet) as prog:
-        inputs = read_sources(recipe, work, prog.advance)
-        prev_dir, n_chunks = work / "inputs", inputs["chunks"]
-        seg_stats: list[list[dict[str, Any]]] = []
-        for seg in segments:
-            seg_dir = work / f"seg{seg.index:02d}"
-            seg_dir.mkdir(exist_ok=True)
-            if seg.is_global:
-                info = _run_global(seg, stages[_stage_offset(segments, seg)], prev_dir, seg_dir, recipe, prog)
-                n_chunks = info["chunks"]
-                seg_stats.append([info["stage"]])
-            else:
-                seg_stats.append(_run_map(seg, prev_dir, seg_dir, n_chunks, workers, prog))
-            prev_dir = seg_dir
-        stats = write_final(out, recipe, inputs, prev_dir, n_chunks, work, segments, seg_stats, stages, prog)
+        def run_map(seg: Segment, _stages: list[Stage], prev: Path, seg_dir: Path, n_chunks: int):
+            return n_chunks, _run_map(seg, prev, seg_dir, n_chunks, workers, prog)
+
+        stats = run_segments(recipe, stages, segments, out, work, prog, run_map)
+    return finish_run(out, stats, t_start, recipe_text)
+
+
+MapRunner = Callable[[Segment, list[Stage], Path, Path, int], tuple[int, list[dict[str, Any]]]]
+
+
+def run_segments(recipe: Recipe, stages: list[Stage], segments: list[Segment], out: Path, work: Path, prog,
+                 run_map: MapRunner) -> dict[str, Any]:
+    """Sources -> segments -> final output, shared by every executor: ``run_map(seg, its stages, input dir,
+    output dir, n_chunks) -> (n_chunks out, per-stage stats)`` runs a per-batch segment; global stages are
+    barriers run here. Returns the stats of ``write_final``."""
+    inputs = read_sources(recipe, work, prog.advance)
+    prev_dir, n_chunks = work / "inputs", inputs["chunks"]
+    seg_stats: list[list[dict[str, Any]]] = []
+    for seg in segments:
+        seg_dir = work / f"seg{seg.index:02d}"
+        seg_dir.mkdir(exist_ok=True)
+        offset = _stage_offset(segments, seg)
+        if seg.is_global:
+            info = _run_global(seg, stages[offset], prev_dir, seg_dir, recipe, prog)
+            n_chunks = info["chunks"]
+            seg_stats.append([info["stage"]])
+        else:
+            n_chunks, per_stage = run_map(seg, stages[offset:offset + len(seg.specs)], prev_dir, seg_dir, n_chunks)
+            seg_stats.append(per_stage)
+        prev_dir = seg_dir
+    return write_final(out, recipe, inputs, prev_dir, n_chunks, work, segments, seg_stats, stages, prog)
+
+
+def finish_run(out: Path, stats: dict[str, Any], t_start: float, recipe_text: str | None) -> dict[str, Any]:
+    """Write stats.json (and the recipe as run) once the outputs are complete."""
     stats["seconds_total"] = time.perf_counter() - t_start
     atomic_write_json(out / "stats.json", stats)
     if recipe_text is not None:

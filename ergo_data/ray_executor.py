@@ -42,17 +42,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ergo_data.outputs import atomic_write_json, write_final, write_parquet_atomic
+from ergo_data.outputs import write_parquet_atomic
 from ergo_data.pipeline import (
     WORK,
     Segment,
-    _run_global,
-    _stage_offset,
     _stages_for,
+    finish_run,
     merge_stage_stats,
     plan_segments,
     process_table,
-    read_sources,
+    run_segments,
 )
 from ergo_data.recipe import Recipe, build_stage, build_stages
 from ergo_data.schema import REJECT_SCHEMA
@@ -211,33 +210,17 @@ def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = 
             shutil.rmtree(out / sub, ignore_errors=True)
         work.mkdir(parents=True)
         with Progress(quiet=quiet) as prog:
-            inputs = read_sources(recipe, work, prog.advance)
-            prev_dir, n_chunks = work / "inputs", inputs["chunks"]
-            seg_stats: list[list[dict[str, Any]]] = []
-            for seg in segments:
-                seg_dir = work / f"seg{seg.index:02d}"
-                seg_dir.mkdir()
-                offset = _stage_offset(segments, seg)
-                if seg.is_global:
-                    info = _run_global(seg, stages[offset], prev_dir, seg_dir, recipe, prog)
-                    n_chunks = info["chunks"]
-                    seg_stats.append([info["stage"]])
-                else:
-                    n_chunks, per_stage = _run_map_ray(seg, stages[offset:offset + len(seg.specs)], prev_dir,
-                                                       seg_dir, recipe, prog)
-                    seg_stats.append(per_stage)
-                prev_dir = seg_dir
-            stats = write_final(out, recipe, inputs, prev_dir, n_chunks, work, segments, seg_stats, stages, prog)
+            def run_map(seg: Segment, seg_stages: list[Stage], prev: Path, seg_dir: Path, _n: int):
+                return _run_map_ray(seg, seg_stages, prev, seg_dir, recipe, prog)
+
+            stats = run_segments(recipe, stages, segments, out, work, prog, run_map)
     finally:
         restore()
         if owns_ray:
             import ray
 
             ray.shutdown()
-    stats["seconds_total"] = time.perf_counter() - t_start
-    atomic_write_json(out / "stats.json", stats)
-    if recipe_text is not None:
-        (out / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+    finish_run(out, stats, t_start, recipe_text)
     shutil.rmtree(work, ignore_errors=True)
     return stats
 

@@ -86,6 +86,18 @@ class BoxCheckStage(RowStage):
         return refresh_derived(out) if fixed != records else out
 
 
+class RegionFilter(RowStage):
+    """A filter on the union region of a sample's boxes: subclasses implement ``verdict``."""
+
+    def verdict(self, row: dict[str, Any], region: Box) -> Reject | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | Reject]:
+        for row in rows:
+            region = union_region(row)
+            yield region if isinstance(region, Reject) else (self.verdict(row, region) or row)
+
+
 class VisibilityParams(Params):
     max_pixels: int = BUDGETS[1280]  # the coarse budget the model sees (N * 28 * 28)
     min_side_px: float = 8.0  # below this the region may not even be findable
@@ -93,7 +105,7 @@ class VisibilityParams(Params):
 
 
 @stage_registry.register("visibility")
-class VisibilityStage(RowStage):
+class VisibilityStage(RegionFilter):
     """Keep samples whose union box short side at the budget lies in [min_side_px, max_side_px]."""
 
     Params = VisibilityParams
@@ -103,22 +115,16 @@ class VisibilityStage(RowStage):
         if self.params.min_side_px > self.params.max_side_px:
             raise RecipeError("stage 'visibility': min_side_px must be <= max_side_px")
 
-    def run(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | Reject]:
+    def verdict(self, row: dict[str, Any], region: Box) -> Reject | None:
         p = self.params
-        for row in rows:
-            region = union_region(row)
-            if isinstance(region, Reject):
-                yield region
-                continue
-            side = box_short_side_at_budget(region, (row["width"], row["height"]), p.max_pixels)
-            if side < p.min_side_px:
-                yield Reject(row, "region_too_small", f"box short side {side:.1f} px at max_pixels={p.max_pixels} "
-                             f"< {p.min_side_px} px: probably not findable in the coarse view")
-            elif side > p.max_side_px:
-                yield Reject(row, "region_legible_without_zoom", f"box short side {side:.1f} px at max_pixels="
-                             f"{p.max_pixels} > {p.max_side_px} px: answerable without zooming")
-            else:
-                yield row
+        side = box_short_side_at_budget(region, (row["width"], row["height"]), p.max_pixels)
+        if side < p.min_side_px:
+            return Reject(row, "region_too_small", f"box short side {side:.1f} px at max_pixels={p.max_pixels} "
+                          f"< {p.min_side_px} px: probably not findable in the coarse view")
+        if side > p.max_side_px:
+            return Reject(row, "region_legible_without_zoom", f"box short side {side:.1f} px at max_pixels="
+                          f"{p.max_pixels} > {p.max_side_px} px: answerable without zooming")
+        return None
 
 
 class AreaParams(Params):
@@ -127,22 +133,16 @@ class AreaParams(Params):
 
 
 @stage_registry.register("area")
-class AreaStage(RowStage):
+class AreaStage(RegionFilter):
     """Keep samples whose union box covers a fraction of the image in [min_frac, max_frac]."""
 
     Params = AreaParams
 
-    def run(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | Reject]:
+    def verdict(self, row: dict[str, Any], region: Box) -> Reject | None:
         p = self.params
-        for row in rows:
-            region = union_region(row)
-            if isinstance(region, Reject):
-                yield region
-                continue
-            frac = region.area / (row["width"] * row["height"])
-            if frac < p.min_frac:
-                yield Reject(row, "box_area_too_small", f"box area fraction {frac:.5f} < {p.min_frac}")
-            elif frac > p.max_frac:
-                yield Reject(row, "box_area_too_large", f"box area fraction {frac:.3f} > {p.max_frac}")
-            else:
-                yield row
+        frac = region.area / (row["width"] * row["height"])
+        if frac < p.min_frac:
+            return Reject(row, "box_area_too_small", f"box area fraction {frac:.5f} < {p.min_frac}")
+        if frac > p.max_frac:
+            return Reject(row, "box_area_too_large", f"box area fraction {frac:.3f} > {p.max_frac}")
+        return None
