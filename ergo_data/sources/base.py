@@ -78,6 +78,10 @@ def shuffled_options(options: list[str], answer_index: int, key: str, seed: int)
     return new, chr(ord("A") + order.index(answer_index))
 
 
+class EncodingProblem(ValueError):
+    """A text file that is not UTF-8 (reject reason ``bad_encoding``, as the jsonl source reports it)."""
+
+
 def load_json_file(path: Path) -> Any:
     """Read JSON strictly: raises ValueError naming the file for bad UTF-8 or bad JSON."""
     import json
@@ -86,7 +90,7 @@ def load_json_file(path: Path) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path.name}: not UTF-8 ({e.reason} at byte {e.start})") from None
+        raise EncodingProblem(f"{path.name}: not UTF-8 ({e.reason} at byte {e.start})") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

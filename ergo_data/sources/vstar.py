@@ -20,6 +20,7 @@ from ergo_data.registry import source_registry
 from ergo_data.schema import make_row
 from ergo_data.sources.base import (
     IMAGE_EXTENSIONS,
+    EncodingProblem,
     Reject,
     Source,
     SourceParams,
@@ -52,6 +53,8 @@ def read_vstar_item(json_path: Path, image_path: Path, shuffle_seed: int | None 
     """Parse one V* item into the core fields (no id/source). Raises VstarItemError on bad input."""
     try:
         meta = load_json_file(json_path)
+    except EncodingProblem as e:
+        raise VstarItemError("bad_encoding", str(e)) from None
     except ValueError as e:
         raise VstarItemError("malformed_json", str(e)) from None
     if not isinstance(meta, dict):

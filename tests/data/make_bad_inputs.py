@@ -188,7 +188,7 @@ def build_corpus(root: Path) -> tuple[dict, list[Case]]:
     (vs / "not_utf8.jpg").write_bytes(jpeg)
     (vs / "not_utf8.json").write_bytes(json.dumps({"question": "Qu\u00e9?", "options": ["a"], "bbox": [VSTAR_BOX]},
                                                   ensure_ascii=False).encode("latin-1"))
-    cases.append(Case("bad/not_utf8", "malformed_json", "source:vstar", "not UTF-8"))
+    cases.append(Case("bad/not_utf8", "bad_encoding", "source:vstar", "not UTF-8"))
     (vs / "top_level_list.jpg").write_bytes(jpeg)
     (vs / "top_level_list.json").write_text("[1, 2, 3]")
     cases.append(Case("bad/top_level_list", "malformed_json", "source:vstar", "top_level_list.json"))
