@@ -27,7 +27,7 @@ fi
 echo "installing label-studio==$LS_VERSION into $VENV (once; about a minute)" >&2
 test -x "$VENV/bin/python" || "$PYTHON" -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --upgrade "pip>=24"
-"$VENV/bin/python" -m pip install -q "label-studio==$LS_VERSION"
+"$VENV/bin/python" -m pip install -q -c "$ROOT/scripts/constraints-ls.txt" "label-studio==$LS_VERSION"
 rm -f "$VENV"/.installed-*
 touch "$STAMP"
 echo "label-studio $LS_VERSION installed: $VENV/bin/label-studio" >&2
