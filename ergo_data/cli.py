@@ -78,8 +78,9 @@ def run(
     try:
         rec = load_recipe(recipe, overrides)
         if embed_images:
-            rec = load_recipe(recipe, overrides + [f"stages.{i}.embed_images=true" for i, s in
-                                                   enumerate(rec.stages) if s["type"] == "decode"])
+            for spec in rec.stages:
+                if spec["type"] == "decode":
+                    spec["embed_images"] = True
         build_sources(rec)
         built = build_stages(rec)
     except (RecipeError, KeyError) as e:

@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from ergo_data.boxes import Box, Size, rotate_box_with_exif
+from ergo_data.schema import ItemError
 from ergo_data.vision import MAX_ASPECT_RATIO, resized_size
 
 JPEG_FORMATS = ("JPEG", "MPO")  # MPO = several JPEGs back to back; libjpeg stops after the first
@@ -46,12 +47,8 @@ _MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "G
           (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"RIFF", "RIFF/WEBP"))
 
 
-class DecodeError(ValueError):
+class DecodeError(ItemError):
     """An image that cannot be used; ``reason`` is a short code for rejects."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 @dataclass

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,8 @@ def read_parts(folder: Path, pattern: str) -> pa.Table:
 def canonical_table(rows: list[dict[str, Any]], like: pa.Schema) -> pa.Table:
     """Rows -> table with core/derived columns cast to the canonical types, extras after them."""
     extra_types = {f.name: f.type for f in like if f.name not in SAMPLE_SCHEMA.names and not pa.types.is_null(f.type)}
-    schema = arrow_schema_for([f.name for f in like] if rows or like.names else SAMPLE_SCHEMA.names, extra_types)
-    for name in SAMPLE_SCHEMA.names:  # every core + derived column present, even if null
-        if name not in schema.names:
-            schema = schema.append(SAMPLE_SCHEMA.field(name))
-    schema = arrow_schema_for(schema.names, extra_types)
+    # every core + derived column present (even if null), in canonical order, then the extras
+    schema = arrow_schema_for(like.names + [n for n in SAMPLE_SCHEMA.names if n not in like.names], extra_types)
     return pa.Table.from_pylist([{c: r.get(c) for c in schema.names} for r in rows], schema=schema)
 
 
@@ -70,8 +67,6 @@ def _shards(table: pa.Table, folder: Path, shard_rows: int, schema_meta: bool) -
     folder.mkdir(parents=True, exist_ok=True)
     n = max(1, -(-table.num_rows // shard_rows))
     names = [f"part-{i:05d}-of-{n:05d}.parquet" for i in range(n)]
-    for tmp in folder.glob(".*.tmp-*"):
-        tmp.unlink()  # left by a killed run
     for old in folder.glob("*.parquet"):
         if old.name not in names:
             old.unlink()  # shards of a previous, different layout
@@ -128,18 +123,16 @@ def build_stats(recipe, inputs, kept: pa.Table, rejects: pa.Table, stage_rows, d
         k, r = kept_by_source.get(name, 0), rej_by_source.get(name, 0)
         per_source[name] = {"inputs": c["emitted"], "kept": k, "rejected": r, "ok": c["emitted"] == k + r}
         ok &= per_source[name]["ok"]
-    stray = set(kept_by_source) | set(rej_by_source) - set(inputs["sources"])
-    ok &= not (stray - set(inputs["sources"]))
-    by_reason: dict[str, Counter] = defaultdict(Counter)
-    for st, rs in zip(rejects.column("stage").to_pylist(), rejects.column("reason").to_pylist()):
-        by_reason[st][rs] += 1
-    source_stage = {"stage": "sources", "in": inputs["sources"] and sum(c["emitted"] for c in inputs["sources"].values()),
-                    "out": inputs["rows"], "seconds": inputs.get("seconds", 0.0),
-                    "rejected": dict(sum((by_reason[s] for s in by_reason if s.startswith("source:")), Counter()))}
-    cats = Counter(kept.column("category").to_pylist()) if kept.num_rows else Counter()
-    review = sum(bool(v) for v in kept.column("needs_review").to_pylist()) if kept.num_rows else 0
-    review_cats = Counter(c for c, v in zip(kept.column("category").to_pylist(), kept.column("needs_review").to_pylist())
-                          if v) if kept.num_rows else Counter()
+    ok &= not ((set(kept_by_source) | set(rej_by_source)) - set(inputs["sources"]))  # no stray source names
+    source_rejects = Counter(rs for st, rs in zip(rejects.column("stage").to_pylist(), rejects.column("reason").to_pylist())
+                             if st.startswith("source:"))
+    source_stage = {"stage": "sources", "in": sum(c["emitted"] for c in inputs["sources"].values()),
+                    "out": inputs["rows"], "seconds": inputs.get("seconds", 0.0), "rejected": dict(source_rejects)}
+    categories = kept.column("category").to_pylist()
+    flags = kept.column("needs_review").to_pylist()
+    cats = Counter(categories)
+    review = sum(bool(v) for v in flags)
+    review_cats = Counter(c for c, v in zip(categories, flags) if v)
     return {
         "name": recipe.name,
         "stages": [source_stage] + stage_rows,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ergo_data.outputs import (
     atomic_write_json,
@@ -144,20 +145,13 @@ def process_table(stages: list[Stage], table: pa.Table) -> tuple[pa.Table, list[
 
 def run_chunk(specs: list[dict[str, Any]], src_path: str, dst_path: str) -> dict[str, Any]:
     """Run ``specs`` over one chunk file; write kept + rejects, then the marker. Returns its stats."""
-    table, rejects, stats = process_table(_stages_for(specs), pa.parquet.read_table(src_path))
+    table, rejects, stats = process_table(_stages_for(specs), pq.read_table(src_path))
     dst = Path(dst_path)
     write_parquet_atomic(table, dst.with_suffix(".parquet"))
     write_parquet_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), dst.with_suffix(".rejects.parquet"))
     info = {"stages": stats}
     atomic_write_json(dst.with_suffix(".json"), info)
     return info
-
-
-def _pa_parquet():
-    import pyarrow.parquet  # noqa: F401  (makes pa.parquet available in workers)
-
-
-_pa_parquet()
 
 
 # ---- the run --------------------------------------------------------------------------------------
@@ -175,7 +169,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, workers: int = 1, quiet: b
         for sub in ("data", "rejects"):
             shutil.rmtree(out / sub, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob(".*.tmp-*"), *work.rglob(".*.tmp-*")]:  # half-written files of a killed run
+    for stale in out.rglob(".*.tmp-*"):  # half-written files of a killed run (data/, rejects/, .work/, out/)
         stale.unlink(missing_ok=True)
     fp_file.write_text(fp)
     stages = build_stages(recipe)  # validates every stage's params before any work starts

@@ -70,6 +70,19 @@ LABELS_SCHEMA = pa.schema([
 FILLED_BY_DECODE = ("image_sha256", "width", "height")
 
 
+class ItemError(ValueError):
+    """One input item that cannot be used; ``reason`` is its short reject code, the message the detail.
+
+    >>> e = ItemError("bad_box", "bbox[0]: non-positive width")
+    >>> reject_row("s/a", "s", "source:vstar", e.reason, str(e))["reason"]
+    'bad_box'
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class SchemaError(ValueError):
     """A sample that breaks the record contract; the message names the sample id and the field."""
 

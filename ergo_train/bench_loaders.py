@@ -35,6 +35,7 @@ from PIL import Image
 
 from ergo_data.boxes import Box
 from ergo_data.imageio import DecodeError, open_rgb, read_info
+from ergo_data.schema import ItemError
 from ergo_data.sources.base import load_json_file
 from ergo_data.sources.vstar import VstarItemError, find_vstar_items, read_vstar_item
 
@@ -48,14 +49,6 @@ _MME_CHOICE = re.compile(r"^\s*\(([A-Z])\)\s*(.*?)\s*$", re.DOTALL)
 
 class BenchFormatError(ValueError):
     """The benchmark input as a whole cannot be read (wrong path, missing columns, not a list...)."""
-
-
-class ItemError(ValueError):
-    """One malformed item; ``reason`` is a short code (the V* reader's ``VstarItemError`` is one too)."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 @dataclass
@@ -218,7 +211,7 @@ def load_hrbench(root: Path) -> Iterator[BenchItem | BadItem]:
                 item = _hrbench_item(row, item_id, category, images)
                 if index in refs:
                     images[index] = item.image_bytes
-            except (ItemError, DecodeError) as e:
+            except ItemError as e:  # DecodeError is one too
                 yield BadItem(item_id, "hrbench", e.reason, f"{tsv.name} line {line}: {e}", category)
                 continue
             item.provenance = {"file": tsv.name, "line": line,
@@ -293,7 +286,7 @@ def load_mme(root: Path) -> Iterator[BenchItem | BadItem]:
                 raise ItemError("duplicate_id", f"Question_id {qid!r} appears twice")
             seen.add(item_id)
             item = _mme_item(entry, item_id, category, base)
-        except (ItemError, DecodeError) as e:
+        except ItemError as e:  # DecodeError is one too
             yield BadItem(item_id, "mme", e.reason, f"{js.name} entry {n}: {e}", category)
             continue
         item.provenance = {"file": js.name, "entry": n,

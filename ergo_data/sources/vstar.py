@@ -17,7 +17,7 @@ from typing import Any
 
 from ergo_data.boxes import Box, BoxError
 from ergo_data.registry import source_registry
-from ergo_data.schema import make_row
+from ergo_data.schema import ItemError, make_row
 from ergo_data.sources.base import (
     IMAGE_EXTENSIONS,
     EncodingProblem,
@@ -29,12 +29,8 @@ from ergo_data.sources.base import (
 )
 
 
-class VstarItemError(ValueError):
+class VstarItemError(ItemError):
     """A malformed V* item; ``reason`` is a short code for rejects."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
 
 
 def find_vstar_items(root: Path) -> Iterator[tuple[str, Path, Path | None, str | None]]:

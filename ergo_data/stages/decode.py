@@ -80,8 +80,11 @@ def rotate_stored_boxes(records: list[dict[str, Any]], info: ImageInfo) -> list[
 
 @dataclass(frozen=True)
 class _Decoded:
+    """What later rows of the same image need from its decode (no pixels)."""
+
     size: tuple[int, int]
     info: ImageInfo
+    phash: str
 
 
 @stage_registry.register("decode")
@@ -94,20 +97,20 @@ class DecodeStage(RowStage):
         for row in rows:
             yield self.decode_row(row)
 
-    def _decode_cached(self, sha: str, data: bytes) -> tuple[Any, str] | tuple[str, str]:
-        """(view, phash), or (reason, detail) for a bad image; images shared by several questions
-        (generators yield many per image) are decoded once per worker. The cache keeps no pixels."""
+    def _decode_cached(self, sha: str, data: bytes) -> _Decoded | DecodeError:
+        """The decode of an image, or why it is unusable; images shared by several questions (generators
+        yield many per image) are decoded once per worker. The cache keeps no pixels."""
         cache = self.__dict__.setdefault("_cache", OrderedDict())
         if sha in cache:
             cache.move_to_end(sha)
             return cache[sha]
         try:
             view = decode_coarse(data, self.params.max_pixels, self.params.max_image_pixels)
-            result: tuple[Any, str] | tuple[str, str] = (_Decoded(view.size, view.info), phash_hex(view.array))
+            result: _Decoded | DecodeError = _Decoded(view.size, view.info, phash_hex(view.array))
         except DecodeError as e:
-            result = (e.reason, str(e))
+            result = e
         except Exception as e:  # noqa: BLE001 - a decoder bug must not kill the run: the sample leaves with a reason
-            result = ("decode_failed", f"{type(e).__name__}: {e}")
+            result = DecodeError("decode_failed", f"{type(e).__name__}: {e}")
         cache[sha] = result
         if len(cache) > 256:
             cache.popitem(last=False)
@@ -122,15 +125,13 @@ class DecodeStage(RowStage):
         except OSError as e:
             return Reject(row, "image_unreadable", f"cannot read {path}: {e}")
         sha = hashlib.sha256(data).hexdigest()
-        decoded = self._decode_cached(sha, data)
-        if isinstance(decoded, tuple) and isinstance(decoded[0], str):
-            reason, detail = decoded
-            return Reject(row, reason, f"{path}: {detail}")
-        view, phash = decoded
+        view = self._decode_cached(sha, data)
+        if isinstance(view, DecodeError):
+            return Reject(row, view.reason, f"{path}: {view}")
         out = dict(row)
         out["width"], out["height"] = view.size
         out["image_sha256"] = sha
-        out["image_phash"] = phash
+        out["image_phash"] = view.phash
         if self.params.embed_images:
             out["image"] = {"bytes": data, "path": path if path != "<embedded bytes>" else None}
         if boxes_frame(row) == "stored":
