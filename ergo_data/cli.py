@@ -119,13 +119,9 @@ def run(
 
 
 def _write_card(out: Path, quiet: bool) -> None:
-    try:
-        cards = importlib.import_module("ergo_data.cards")
-    except ModuleNotFoundError as e:
-        if e.name != "ergo_data.cards":
-            raise
-        return
-    path = cards.write_card(out, quiet=quiet)
+    from ergo_data.cards import write_card
+
+    path = write_card(out, quiet=quiet)
     console.print(f"[bold]data card:[/] {path}")
 
 
@@ -180,13 +176,7 @@ def _short(v: object, n: int = 60) -> str:
 
 def _register_plugins() -> None:
     for mod in CLI_MODULES:
-        try:
-            m = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        m.register(app)
+        importlib.import_module(mod).register(app)
     for ep in entry_points(group="ergo.plugins"):
         plugin = ep.load()
         if hasattr(plugin, "register_cli"):

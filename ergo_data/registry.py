@@ -72,17 +72,13 @@ source_registry: Registry[Any] = Registry("source")
 
 
 def load_builtins() -> None:
-    """Import built-in modules (skipping ones not written yet) and run ``ergo.plugins`` entry points."""
+    """Import the built-in modules (registering their classes) and run ``ergo.plugins`` entry points."""
     global _loaded
     if _loaded:
         return
     _loaded = True
     for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+        importlib.import_module(mod)
     for ep in entry_points(group="ergo.plugins"):
         plugin = ep.load()
         if hasattr(plugin, "register_stages"):
