@@ -4,7 +4,7 @@ Two paths, on synthetic 4000x3000 and 4961x7016 JPEGs (every other one carries a
 generated once into ``benchmarks/_cache/curation-*`` and reused:
 
 (a) curate: what the stages need — decode, smart_resize to the budget, pHash; no full-res pixels
-    (``ergo_data.imageio.decode_coarse`` + ``phash_hex``, as the ``decode`` stage runs them).
+    (``ergo_data.core.imageio.decode_coarse`` + ``phash_hex``, as the ``decode`` stage runs them).
 (b) crop: (a) plus one full-resolution crop resized to the budget — what rollout and judges need
     (``decode_full`` once, then ``coarse_from_full`` + ``phash_hex`` + ``crop_from_full``).
 
@@ -91,7 +91,7 @@ def image_paths(n: int) -> list[Path]:
 
 def crop_box(size: tuple[int, int]):
     """A fixed region on the displayed image, about a quarter of each side (a typical zoom)."""
-    from ergo_data.boxes import Box
+    from ergo_data.core.boxes import Box
 
     w, h = size
     return Box(0.55 * w, 0.3 * h, 0.8 * w, 0.55 * h)
@@ -105,7 +105,7 @@ def naive_curate(path: str, keep: bool = False):
     import imagehash
     from PIL import Image, ImageOps
 
-    from ergo_data.vision import resized_size
+    from ergo_data.core.vision import resized_size
 
     im = Image.open(path)
     im.load()
@@ -118,7 +118,7 @@ def naive_curate(path: str, keep: bool = False):
 def naive_crop(path: str, keep: bool = False):
     from PIL import Image
 
-    from ergo_data.vision import resized_size
+    from ergo_data.core.vision import resized_size
 
     full, view, phash = naive_curate(path, keep=True)
     crop = full.crop(crop_box(full.size).integer(full.size))
@@ -129,7 +129,7 @@ def naive_crop(path: str, keep: bool = False):
 def limit_decode(path: str, keep: bool = False):
     import simplejpeg
 
-    from ergo_data.vision import resized_size
+    from ergo_data.core.vision import resized_size
 
     data = Path(path).read_bytes()
     h, w, _, _ = simplejpeg.decode_jpeg_header(data)
@@ -138,7 +138,7 @@ def limit_decode(path: str, keep: bool = False):
 
 
 def ours_curate(path: str, keep: bool = False):
-    from ergo_data.imageio import decode_coarse, phash_hex
+    from ergo_data.core.imageio import decode_coarse, phash_hex
 
     view = decode_coarse(Path(path).read_bytes(), BUDGET)
     phash = phash_hex(view.array)
@@ -146,7 +146,7 @@ def ours_curate(path: str, keep: bool = False):
 
 
 def ours_crop(path: str, keep: bool = False):
-    from ergo_data.imageio import coarse_from_full, crop_from_full, decode_full, phash_hex
+    from ergo_data.core.imageio import coarse_from_full, crop_from_full, decode_full, phash_hex
 
     full, info = decode_full(Path(path).read_bytes())
     view = coarse_from_full(full, info, BUDGET)
@@ -164,7 +164,7 @@ def _warm(_: int) -> None:
     import pyvips  # noqa: F401
     import simplejpeg  # noqa: F401
 
-    from ergo_data import imageio  # noqa: F401
+    from ergo_data.core import imageio  # noqa: F401
 
 
 # ---- measurement ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ layout (structured tool call), Hermes ``<tool_call>`` text, the paper's tag form
 malformed ones. The process is pinned to one CPU; the rate uses the process's CPU time (best of the repeats),
 so a busy shared machine slows it less than wall time would (wall time is printed too). Target: >= 100k/s.
 
-Judges: the VLM judge on the tiny random Qwen2.5-VL (``ergo_train.tiny``), the same crops judged one by one
+Judges: the VLM judge on the tiny random Qwen2.5-VL (``ergo_train.models.tiny``), the same crops judged one by one
 (batch 1) and in batches, crops/s and the ratio from the same run.
 
     .venv/bin/python benchmarks/rewards.py                      # 20000 completions x 5 repeats, 32 crops
@@ -79,7 +79,7 @@ def best_rate(fn, n: int, repeats: int) -> tuple[float, float]:
 
 
 def bench_rules(n: int, repeats: int) -> dict:
-    from ergo_train.rewards import r_acc, r_box, r_format, reward_components
+    from ergo_train.rewards.functions import r_acc, r_box, r_format, reward_components
 
     comps, cols = completions(n), columns(n)
     r_format(None, comps[:100], **cols)  # warm caches (smart_resize per size, regexes)
@@ -95,8 +95,8 @@ def bench_judge(n_crops: int, batch: int, repeats: int) -> dict:
     import numpy as np
     from PIL import Image
 
-    from ergo_train.judges import JudgeRequest, VLMJudge
-    from ergo_train.tiny import build_tiny
+    from ergo_train.models.tiny import build_tiny
+    from ergo_train.rewards.judges import JudgeRequest, VLMJudge
 
     model, processor = build_tiny(seed=0, max_pixels=64 * 28 * 28)
     rng = np.random.default_rng(0)

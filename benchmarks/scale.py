@@ -92,7 +92,7 @@ def manifest(n: int, width: int, height: int) -> Path:
 
 
 def bench_recipe(source: Path, chunk_rows: int):
-    from ergo_data.recipe import parse_recipe
+    from ergo_data.pipeline.recipe import parse_recipe
 
     return parse_recipe({
         "name": "scale-bench",
@@ -108,7 +108,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     result: dict[str, Any] = {"executor": args.child, "workers": args.workers}
     if args.child == "local":
-        from ergo_data.pipeline import run_pipeline
+        from ergo_data.pipeline.executor.local import run_pipeline
 
         t0 = time.perf_counter()
         stats = run_pipeline(recipe, out, workers=args.workers, quiet=True, fresh=True)
@@ -120,7 +120,7 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         os.environ.setdefault("RAY_worker_niceness", "0")
         import ray
 
-        from ergo_data.ray_executor import run_pipeline_ray
+        from ergo_data.pipeline.executor.ray import run_pipeline_ray
 
         t0 = time.perf_counter()
         ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib
 
-CLI_MODULES = ("ergo_train.cli_rewards", "ergo_train.cli_train", "ergo_train.cli_eval")
-STAGE_MODULES = ("ergo_train.difficulty", "ergo_train.counterfactual")  # importing registers the stages
+CLI_MODULES = ("ergo_train.cli.rewards", "ergo_train.cli.train", "ergo_train.cli.eval")
+STAGE_MODULES = ("ergo_train.stages.difficulty", "ergo_train.stages.counterfactual")  # importing registers the stages
 
 
 def register_stages() -> None:

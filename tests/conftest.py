@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from hypothesis import settings
 
@@ -15,10 +14,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 settings.register_profile("ergo", deadline=None, max_examples=200)
 settings.load_profile("ergo")
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-DATA = Path(__file__).resolve().parent / "data"
 
-# Label Studio session fixtures (a real server, the demo set) used by several modules: imported here so
-# each is created once per session (imported into each module, each module would get its own copy).
-from tests.ls_server_fixture import demo_set, ls_server  # noqa: F401
+# Session fixtures used by several modules, imported here so each is created once per session (imported
+# into each module, each module would get its own copy): the demo curation and a real Label Studio server.
+from tests.support.demo import demo_run, demo_set  # noqa: F401
+from tests.support.ls_server import ls_server  # noqa: F401

@@ -15,8 +15,6 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 
-from ergo_data.sources.base import shuffled_options
-
 
 def normalize_answer(text: str) -> str:
     """Case- and space-insensitive form used to keep distractors distinct from the answer.
@@ -82,3 +80,17 @@ def count_distractors(n: int, how_many: int = 6) -> list[str]:
                 out.append(str(c))
         step += 1
     return out
+
+
+def shuffled_options(options: list[str], answer_index: int, key: str, seed: int) -> tuple[list[str], str]:
+    """Shuffle ``options`` deterministically per (seed, key); return them and the correct letter.
+
+    >>> shuffled_options(["tiger", "lion", "bear", "eagle"], 0, "examples/signicade", seed=0)
+    (['bear', 'eagle', 'lion', 'tiger'], 'D')
+    """
+    import random
+
+    order = list(range(len(options)))
+    random.Random(f"{seed}:{key}").shuffle(order)
+    new = [options[i] for i in order]
+    return new, chr(ord("A") + order.index(answer_index))

@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ergo_data.boxes import Box, BoxError, Size
-from ergo_data.schema import BOX_SOURCES
-from ergo_data.sources.base import load_json_file
+from ergo_data.core.boxes import Box, BoxError, Size
+from ergo_data.core.files import load_json_file
+from ergo_data.core.schema import BOX_SOURCES
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def _object(o: Any, i: int, default_source: str) -> AnnotatedObject:
 
 
 def _read_coco(path: Path, root: Path, exhaustive: bool, default_source: str) -> Iterator[AnnotatedImage | LoadProblem]:
-    from ergo_data.sources.coco import coco_index
+    from ergo_data.core.files import coco_index
 
     data = load_json_file(path)
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):

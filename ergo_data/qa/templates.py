@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ergo_data.boxes import Box
+from ergo_data.core.boxes import Box
 from ergo_data.qa.choices import count_distractors, make_choices, pick_distractors
 from ergo_data.qa.colour import COLOUR_NAMES, colour_distractors, dominant_colour
 from ergo_data.qa.objects import AnnotatedImage, AnnotatedObject

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ergo_data.boxes import Box, BoxError
-from ergo_data.registry import source_registry
-from ergo_data.schema import make_row
-from ergo_data.sources.base import Reject, Source, SourceParams, load_json_file
-from ergo_data.stages.base import RecipeError
+from ergo_data.core.boxes import Box, BoxError
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.files import coco_index, load_json_file
+from ergo_data.core.schema import make_row
+from ergo_data.pipeline.contract import Reject, Source, SourceParams
+from ergo_data.pipeline.registry import source_registry
 
 
 class CocoParams(SourceParams):
@@ -35,17 +36,6 @@ def load_coco(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         raise RecipeError(f"COCO annotations {str(path)!r}: need 'images' and 'annotations' lists")
     return data
-
-
-def coco_index(data: dict[str, Any]) -> tuple[dict[Any, dict], dict[Any, str], dict[Any, list[dict]]]:
-    """(images by id, category names by id, annotations by image id)."""
-    images = {im.get("id"): im for im in data["images"] if isinstance(im, dict)}
-    cats = {c.get("id"): str(c.get("name", c.get("id"))) for c in data.get("categories") or [] if isinstance(c, dict)}
-    by_image: dict[Any, list[dict]] = {}
-    for ann in data["annotations"]:
-        if isinstance(ann, dict):
-            by_image.setdefault(ann.get("image_id"), []).append(ann)
-    return images, cats, by_image
 
 
 @source_registry.register("coco")

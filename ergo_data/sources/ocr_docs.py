@@ -34,16 +34,17 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field
 
-from ergo_data.boxes import Box
-from ergo_data.imageio import DecodeError, open_rgb
-from ergo_data.ocr import OcrLine, OcrUnavailableError, check_ocr_installed, shared_engine
+from ergo_data.core.boxes import Box
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.files import IMAGE_EXTENSIONS
+from ergo_data.core.imageio import DecodeError, open_rgb
+from ergo_data.core.schema import make_row
+from ergo_data.pipeline.contract import Reject, Source, SourceParams
+from ergo_data.pipeline.registry import source_registry
 from ergo_data.qa.choices import make_choices, normalize_answer
 from ergo_data.qa.objects import AnnotatedImage, LoadProblem, image_key, load_annotated_images
+from ergo_data.qa.ocr import OcrLine, OcrUnavailableError, check_ocr_installed, shared_engine
 from ergo_data.qa.templates import slugify
-from ergo_data.registry import source_registry
-from ergo_data.schema import make_row
-from ergo_data.sources.base import IMAGE_EXTENSIONS, Reject, Source, SourceParams
-from ergo_data.stages.base import RecipeError
 
 
 class OcrDocsParams(SourceParams):

@@ -5,7 +5,7 @@ Sample ids are kept as they are, so labels keyed by id (``labels.parquet``) and 
 (the per-source invariant counts it), and the previous source and provenance move into ``provenance``.
 
 >>> import tempfile, pyarrow.parquet as pq
->>> from ergo_data.schema import make_row, rows_to_table
+>>> from ergo_data.core.schema import make_row, rows_to_table
 >>> folder = tempfile.mkdtemp()
 >>> old = make_row(id="v1/a", image_path="a.jpg", question="Q?", answer="x", source="v1")
 >>> pq.write_table(rows_to_table([old]), f"{folder}/part-0.parquet")
@@ -23,10 +23,10 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ergo_data.registry import source_registry
-from ergo_data.schema import SchemaError, validate_row
-from ergo_data.sources.base import Reject, Source
-from ergo_data.stages.base import Params, RecipeError
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.schema import SchemaError, validate_row
+from ergo_data.pipeline.contract import Params, Reject, Source
+from ergo_data.pipeline.registry import source_registry
 
 
 class ParquetParams(Params):

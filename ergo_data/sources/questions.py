@@ -21,14 +21,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from ergo_data.boxes import Box
-from ergo_data.imageio import DecodeError, crop_from_full, decode_full
+from ergo_data.core.boxes import Box
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.imageio import DecodeError, crop_from_full, decode_full
+from ergo_data.core.schema import BOX_SOURCES, make_row
+from ergo_data.pipeline.contract import Reject, Source, SourceParams
+from ergo_data.pipeline.registry import source_registry
 from ergo_data.qa.objects import AnnotatedImage, LoadProblem, load_annotated_images
 from ergo_data.qa.templates import Question, Skip, colour_questions, counting_questions, spatial_questions
-from ergo_data.registry import source_registry
-from ergo_data.schema import BOX_SOURCES, make_row
-from ergo_data.sources.base import Reject, Source, SourceParams
-from ergo_data.stages.base import RecipeError
 
 Template = Literal["spatial", "counting", "colour"]
 

@@ -39,15 +39,16 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import Field
 
-from ergo_data.boxes import Box
-from ergo_data.imageio import DecodeError, open_rgb
+from ergo_data.core.boxes import Box
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.files import IMAGE_EXTENSIONS
+from ergo_data.core.imageio import DecodeError, open_rgb
+from ergo_data.core.schema import make_row
+from ergo_data.pipeline.contract import Reject, Source, SourceParams
+from ergo_data.pipeline.registry import source_registry
 from ergo_data.qa.choices import make_choices, pick_distractors
 from ergo_data.qa.objects import AnnotatedImage, AnnotatedObject, load_annotated_images
 from ergo_data.qa.templates import Question, Skip, counting_questions, slugify, spatial_questions
-from ergo_data.registry import source_registry
-from ergo_data.schema import make_row
-from ergo_data.sources.base import IMAGE_EXTENSIONS, Reject, Source, SourceParams
-from ergo_data.stages.base import RecipeError
 
 SHAPE_COLOURS = {"red": (220, 30, 30), "green": (30, 150, 50), "blue": (30, 70, 220),
                  "yellow": (245, 210, 20), "orange": (250, 130, 10), "purple": (140, 40, 170)}

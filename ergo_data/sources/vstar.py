@@ -2,7 +2,7 @@
 
 The json has ``question``, ``options`` (``options[0]`` is correct), ``bbox`` (a list of ``[x, y, w, h]``
 absolute pixels) and ``target_object`` (labels). Options are shuffled with a seed and the letter stored.
-This reader is shared with evaluation (``ergo_train.evaluate``):
+This reader is shared with evaluation (``ergo_train.eval.evaluate``):
 
 >>> item = read_vstar_item(Path("examples/vstar/signicade.json"), Path("examples/vstar/signicade.JPG"))
 >>> item["answer"], item["boxes"][0]["x2"]
@@ -15,18 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ergo_data.boxes import Box, BoxError
-from ergo_data.registry import source_registry
-from ergo_data.schema import ItemError, make_row
-from ergo_data.sources.base import (
-    IMAGE_EXTENSIONS,
-    EncodingProblem,
-    Reject,
-    Source,
-    SourceParams,
-    load_json_file,
-    shuffled_options,
-)
+from ergo_data.core.boxes import Box, BoxError
+from ergo_data.core.errors import ItemError
+from ergo_data.core.files import IMAGE_EXTENSIONS, EncodingProblem, load_json_file
+from ergo_data.core.schema import make_row
+from ergo_data.pipeline.contract import Reject, Source, SourceParams
+from ergo_data.pipeline.registry import source_registry
+from ergo_data.qa.choices import shuffled_options
 
 
 class VstarItemError(ItemError):

@@ -5,7 +5,7 @@ rejected with a reason; the run continues. Boxes given on the stored frame (``bo
 in the source) are rotated with the EXIF orientation here. The stage keeps no pixels: later stages use
 the recorded size and pHash; only tools that crop (rollout, judges) decode the full resolution again.
 
->>> from ergo_data.registry import source_registry
+>>> from ergo_data.pipeline.registry import source_registry
 >>> import pyarrow as pa
 >>> rows = [r for r in source_registry.get("vstar")(name="ex", path="examples/vstar").read()][:1]
 >>> res = DecodeStage().process(pa.Table.from_pylist(rows))
@@ -25,11 +25,11 @@ from typing import Any
 
 from pydantic import Field
 
-from ergo_data.boxes import Box, BoxError, rotate_box_with_exif
-from ergo_data.imageio import DecodeError, ImageInfo, decode_coarse, phash_hex
-from ergo_data.registry import stage_registry
-from ergo_data.stages.base import Params, Reject, RowStage
-from ergo_data.vision import BUDGETS, derived_columns
+from ergo_data.core.boxes import Box, BoxError, rotate_box_with_exif
+from ergo_data.core.imageio import DecodeError, ImageInfo, decode_coarse, phash_hex
+from ergo_data.core.vision import BUDGETS, derived_columns
+from ergo_data.pipeline.contract import Params, Reject, RowStage
+from ergo_data.pipeline.registry import stage_registry
 
 
 class DecodeParams(Params):

@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ergo_data.registry import stage_registry
-from ergo_data.schema import rows_to_table
-from ergo_data.sources.base import IMAGE_EXTENSIONS
-from ergo_data.stages.base import GlobalStage, Params, RecipeError, StageResult
-from ergo_data.vision import BUDGETS
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.files import IMAGE_EXTENSIONS
+from ergo_data.core.schema import rows_to_table
+from ergo_data.core.vision import BUDGETS
+from ergo_data.pipeline.contract import GlobalStage, Params, StageResult
+from ergo_data.pipeline.registry import stage_registry
 
 
 def phash_ints(hexes: list[str]) -> np.ndarray:
@@ -106,7 +107,7 @@ class DecontaminateStage(GlobalStage):
 
     def reference_hashes(self) -> tuple[list[str], np.ndarray]:
         if self._ref is None:
-            from ergo_data.imageio import DecodeError, decode_coarse, phash_hex
+            from ergo_data.core.imageio import DecodeError, decode_coarse, phash_hex
 
             names, hashes = [], []
             for p in sorted(self.reference.rglob("*")):

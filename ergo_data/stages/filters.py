@@ -13,11 +13,12 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ergo_data.boxes import Box, BoxError
-from ergo_data.registry import stage_registry
-from ergo_data.schema import BOX_SOURCES
-from ergo_data.stages.base import Params, RecipeError, Reject, RowStage
-from ergo_data.vision import BUDGETS, box_short_side_at_budget, derived_columns
+from ergo_data.core.boxes import Box, BoxError
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.schema import BOX_SOURCES
+from ergo_data.core.vision import BUDGETS, box_short_side_at_budget, derived_columns
+from ergo_data.pipeline.contract import Params, Reject, RowStage
+from ergo_data.pipeline.registry import stage_registry
 
 
 def row_boxes(row: dict[str, Any]) -> list[Box]:

@@ -27,10 +27,11 @@ from typing import Any, Literal
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ergo_data.boxes import Box, BoxError
-from ergo_data.registry import stage_registry
-from ergo_data.schema import LABELS_SCHEMA
-from ergo_data.stages.base import Params, RecipeError, Reject, RowStage
+from ergo_data.core.boxes import Box, BoxError
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.schema import LABELS_SCHEMA
+from ergo_data.pipeline.contract import Params, Reject, RowStage
+from ergo_data.pipeline.registry import stage_registry
 from ergo_data.stages.filters import refresh_derived
 
 HUMAN_LABEL = "region"

@@ -24,11 +24,11 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from ergo_data.boxes import Box, BoxError
+from ergo_data.core.boxes import Box, BoxError
+from ergo_data.core.schema import rows_to_table
+from ergo_data.pipeline.contract import GlobalStage, Params, StageResult
+from ergo_data.pipeline.registry import stage_registry
 from ergo_data.qa.choices import make_choices, pick_distractors
-from ergo_data.registry import stage_registry
-from ergo_data.schema import rows_to_table
-from ergo_data.stages.base import GlobalStage, Params, StageResult
 
 
 def normalize_question(text: str) -> str:

@@ -20,9 +20,10 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from ergo_data.registry import stage_registry
-from ergo_data.schema import rows_to_table
-from ergo_data.stages.base import GlobalStage, Params, RecipeError, StageResult
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.schema import rows_to_table
+from ergo_data.pipeline.contract import GlobalStage, Params, StageResult
+from ergo_data.pipeline.registry import stage_registry
 
 
 def seeded_unit(seed: int, key: str) -> float:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from ergo_data.registry import stage_registry
-from ergo_data.stages.base import Params, RecipeError, Stage, StageResult
+from ergo_data.core.errors import RecipeError
+from ergo_data.pipeline.contract import Params, Stage, StageResult
+from ergo_data.pipeline.registry import stage_registry
 
 _ROW = "__ergo_row"
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ergo_data.imageio import read_info
-from ergo_data.registry import source_registry
-from ergo_data.schema import LABELS_SCHEMA, rows_to_table
+from ergo_data.core.imageio import read_info
+from ergo_data.core.schema import LABELS_SCHEMA, rows_to_table
+from ergo_data.pipeline.registry import source_registry
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent

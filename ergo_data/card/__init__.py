@@ -1,0 +1,1 @@
+"""The data card of a curated set: card text, gallery, plots."""

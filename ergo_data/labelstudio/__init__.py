@@ -1,0 +1,1 @@
+"""Label Studio review: client, push, pull, and the real server in its own venv."""

@@ -1,0 +1,1 @@
+"""Executors: segment logic shared by the local and the Ray executor."""

@@ -1,0 +1,255 @@
+"""Ray Data executor (``ergo run RECIPE --out DIR --executor ray [--address auto]``): same recipe, same stage code.
+
+It mirrors :func:`ergo_data.pipeline.executor.local.run_pipeline` step by step and reuses its parts:
+
+1. sources are read on the driver (``read_sources``) into chunks of ``output.chunk_rows`` rows;
+2. the chunks become a Ray dataset (``ray.data.from_arrow``, one block per chunk) and every per-batch
+   stage runs through ``map_batches`` calling ``process_table``, the local executor's own loop over
+   ``Stage.process``; consecutive stateless stages share one task, a ``stateful`` stage (a judge, OCR)
+   runs in an actor pool of 1..``ray.actors`` actors, each with the stage's ``num_gpus``;
+3. a global stage (dedup, split, ...) is a barrier: the blocks stream back to the driver, are written in
+   the local layout, and the stage runs there through the local ``_run_global``;
+4. ``write_final`` validates, shards and builds ``stats.json`` exactly as locally.
+
+Rejects and per-stage stats travel inside the dataset, so no worker writes files: an output block holds
+the kept rows (``__ergo_meta`` null) followed by *meta rows* whose ``__ergo_meta`` is a JSON record,
+``{"kind": "reject", "row": {id, source, stage, reason, detail}}`` or
+``{"kind": "stats", "first": i, "stages": [...]}`` (``i``: position of the first stage of the group in its
+segment). Later stages pass meta rows through untouched; the driver splits them off per segment.
+
+>>> kept = pa.table({"id": ["s/a"], "source": ["s"]})
+>>> block = join_meta(kept, [("s/b", json.dumps({"kind": "reject", "row": {"id": "s/b"}}))])
+>>> live, meta = split_meta(block)
+>>> live.column_names, live.num_rows, [json.loads(m)["kind"] for m in meta.column(META).to_pylist()]
+(['id', 'source'], 1, ['reject'])
+>>> from ergo_data.pipeline.recipe import load_recipe
+>>> run_pipeline_ray(load_recipe("pipelines/demo.yaml"), "/tmp/ray-demo", quiet=True)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.schema import REJECT_SCHEMA
+from ergo_data.pipeline.contract import Stage
+from ergo_data.pipeline.executor import segments as shared
+from ergo_data.pipeline.outputs import write_parquet_atomic
+from ergo_data.pipeline.recipe import Recipe, build_stage, build_stages
+
+META = "__ergo_meta"
+RAY_WORK = ".work-ray"  # the driver's scratch layout (same as the local `.work`); removed after a run
+
+
+# ---- meta rows: rejects and stats inside the blocks ----------------------------------------------
+def split_meta(block: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """``(live rows without the meta column, meta rows as a table {id, __ergo_meta})``."""
+    if META not in block.column_names:
+        return block, pa.table({"id": pa.array([], pa.string()), META: pa.array([], pa.string())})
+    is_meta = pc.is_valid(block.column(META))
+    live = block.filter(pc.invert(is_meta)).drop_columns([META])
+    meta = block.filter(is_meta).select(["id", META])
+    return live, meta.cast(pa.schema([("id", pa.string()), (META, pa.string())]))
+
+
+def join_meta(kept: pa.Table, meta: list[tuple[str, str]], carried: pa.Table | None = None) -> pa.Table:
+    """Kept rows (meta null), then ``carried`` meta rows, then the new ``(id, json)`` meta rows."""
+    parts = [kept.append_column(META, pa.nulls(kept.num_rows, pa.string()))]
+    if carried is not None and carried.num_rows:
+        parts.append(carried)
+    if meta:
+        parts.append(pa.table({"id": pa.array([m[0] for m in meta], pa.string()),
+                               META: pa.array([m[1] for m in meta], pa.string())}))
+    return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+
+
+def run_group(block: pa.Table, stages: list[Stage], first: int) -> pa.Table:
+    """One ``map_batches`` call: run ``stages`` on the live rows of ``block``; append rejects and stats."""
+    live, carried = split_meta(block)
+    kept, rejects, stats = shared.process_table(stages, live)
+    meta = [(r["id"], json.dumps({"kind": "reject", "row": r})) for r in rejects]
+    meta.append(("", json.dumps({"kind": "stats", "first": first, "stages": stats})))
+    return join_meta(kept, meta, carried)
+
+
+def run_specs(block: pa.Table, specs: list[dict[str, Any]], first: int) -> pa.Table:
+    """Stateless group as a Ray task: stages built once per worker process (the local executor's cache)."""
+    return run_group(block, shared.stages_for(specs), first)
+
+
+class StatefulStageActor:
+    """A stateful stage as a Ray actor: built once (model loaded once), then called per block."""
+
+    def __init__(self, specs: list[dict[str, Any]], first: int) -> None:
+        self.stages = [build_stage(s) for s in specs]
+        self.first = first
+
+    def __call__(self, block: pa.Table) -> pa.Table:
+        return run_group(block, self.stages, self.first)
+
+
+# ---- planning -----------------------------------------------------------------------------------
+@dataclass
+class Group:
+    """Consecutive stages of one segment that run in one ``map_batches`` call."""
+
+    first: int  # position of the first stage in its segment
+    specs: list[dict[str, Any]]
+    stateful: bool
+    num_gpus: float
+
+
+def plan_groups(seg: shared.Segment, stages: list[Stage]) -> list[Group]:
+    """Stateless stages share a task; each stateful stage gets its own actor pool.
+
+    >>> from ergo_data.pipeline.recipe import load_recipe
+    >>> r = load_recipe("pipelines/demo.yaml")
+    >>> segs = shared.plan_segments(r, build_stages(r))
+    >>> [(g.first, len(g.specs), g.stateful) for g in plan_groups(segs[0], build_stages(r)[:4])]
+    [(0, 4, False)]
+    """
+    groups: list[Group] = []
+    for i, (spec, stage) in enumerate(zip(seg.specs, stages)):
+        if stage.stateful or not groups or groups[-1].stateful:
+            groups.append(Group(i, [spec], bool(stage.stateful), float(stage.num_gpus or 0.0)))
+        else:
+            groups[-1].specs.append(spec)
+    return groups
+
+
+def segment_dataset(tables: list[pa.Table], groups: list[Group], max_actors: int):
+    """The Ray dataset of one per-batch segment: one block per chunk, one ``map_batches`` per group."""
+    import ray.data
+
+    ds = ray.data.from_arrow(tables)
+    for g in groups:
+        common = {"batch_size": None, "batch_format": "pyarrow", "zero_copy_batch": True}
+        if g.stateful:
+            # min_size=1: on a small cluster a full pool of 1-CPU actors can starve the upstream tasks
+            # (deadlock seen on 2 CPUs, see DEPENDENCY_FACTS); the pool grows to max_actors when CPUs free up.
+            ds = ds.map_batches(StatefulStageActor, fn_constructor_args=(g.specs, g.first),
+                                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
+                                num_gpus=g.num_gpus or None, **common)
+        else:
+            ds = ds.map_batches(run_specs, fn_args=(g.specs, g.first), **common)
+    return ds
+
+
+# ---- driver -------------------------------------------------------------------------------------
+def _read_tables(folder: Path) -> list[pa.Table]:
+    return [pq.read_table(f) for f in sorted(folder.glob("part-*.parquet")) if ".rejects." not in f.name]
+
+
+def _run_map_ray(seg: shared.Segment, stages: list[Stage], prev: Path, seg_dir: Path, recipe: Recipe, prog
+                 ) -> tuple[int, list[dict[str, Any]]]:
+    """Run a per-batch segment on Ray; write kept/rejects chunks in the local layout. ``(chunks, stats)``."""
+    tables = [t for t in _read_tables(prev) if t.num_rows]
+    task = prog.task(f"stage {seg.label} (ray)", total=len(tables))
+    chunk_stats: list[tuple[int, list[dict[str, Any]]]] = []
+    n_kept = 0
+    if tables:
+        ds = segment_dataset(tables, plan_groups(seg, stages), recipe.ray.actors)
+        for i, block in enumerate(_iter_blocks(ds)):
+            live, meta = split_meta(block)
+            records = [json.loads(m) for m in meta.column(META).to_pylist()]
+            rejects = [m["row"] for m in records if m["kind"] == "reject"]
+            chunk_stats += [(m["first"], m["stages"]) for m in records if m["kind"] == "stats"]
+            if live.num_rows:
+                write_parquet_atomic(live, seg_dir / f"part-{n_kept:05d}.parquet")
+                n_kept += 1
+            if rejects:
+                write_parquet_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
+                                     seg_dir / f"part-{i:05d}.rejects.parquet")
+            prog.advance(task, 1)
+    return n_kept, shared.merge_stage_stats(seg.specs, chunk_stats)
+
+
+def _iter_blocks(ds) -> Iterator[pa.Table]:
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = None, quiet: bool = False,
+                     recipe_text: str | None = None) -> dict[str, Any]:
+    """Run ``recipe`` on Ray into ``out_dir``; returns the same stats as the local ``run_pipeline``.
+
+    ``address``: ``None`` starts a local Ray (or joins ``RAY_ADDRESS``, or the one already initialised in
+    this process); ``"auto"`` joins the cluster this node belongs to; ``"ray://host:10001"`` a remote one.
+    Not resumable: a Ray run starts from the sources every time.
+    """
+    from ergo_data.pipeline.progress import Progress
+
+    out = Path(out_dir)
+    work = out / RAY_WORK
+    stages = build_stages(recipe)  # validates every stage's params before any work starts
+    segments = shared.plan_segments(recipe, stages)
+    t_start = time.perf_counter()
+    owns_ray = connect(address, quiet)  # before touching `out`: an unreachable cluster leaves it as it was
+    restore = _configure_data_context(quiet)
+    try:
+        for sub in (RAY_WORK, shared.WORK, "data", "rejects"):  # the outputs will come from this run only
+            shutil.rmtree(out / sub, ignore_errors=True)
+        work.mkdir(parents=True)
+        with Progress(quiet=quiet) as prog:
+            def run_map(seg: shared.Segment, seg_stages: list[Stage], prev: Path, seg_dir: Path, _n: int):
+                return _run_map_ray(seg, seg_stages, prev, seg_dir, recipe, prog)
+
+            stats = shared.run_segments(recipe, stages, segments, out, work, prog, run_map)
+    finally:
+        restore()
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
+    shared.finish_run(out, stats, t_start, recipe_text)
+    shutil.rmtree(work, ignore_errors=True)
+    return stats
+
+
+def connect(address: str | None, quiet: bool = False) -> bool:
+    """Join or start Ray; True if this call started it (then the caller shuts it down)."""
+    try:
+        import ray
+    except ImportError:
+        raise RecipeError("--executor ray needs Ray Data: pip install 'ergo-workbench[ray]'") from None
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = {"logging_level": "WARNING" if quiet else "INFO", "log_to_driver": not quiet}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs["include_dashboard"] = False  # a throwaway local cluster: no dashboard to serve
+    try:
+        ray.init(address=address, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
+        raise RecipeError(f"cannot start or reach Ray at {where}: {e}") from None
+    return True
+
+
+def _configure_data_context(quiet: bool):
+    """Blocks come back in input order (reproducible shards); Ray's own bars off (ours are on)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")
+    before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, logger.level)
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = False
+    if quiet:
+        logger.setLevel(logging.ERROR)
+
+    def restore() -> None:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars, level = before
+        logger.setLevel(level)
+
+    return restore

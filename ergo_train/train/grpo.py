@@ -1,0 +1,95 @@
+"""GRPO / GSPO training of an ERGO policy on a curated set, with TRL's ``GRPOTrainer`` and the zoom rollout.
+
+A training recipe (``recipe.py``) names the model, the curated set, the pixel budget, the rewards, a preset
+and any ``GRPOConfig`` field; ``ergo train RECIPE.yaml`` runs it (see docs/training.md). ``build_trainer``
+loads the model, the data (``data.py``) and the reward set (``ergo_train.rewards.reward_set``) into a
+ready ``GRPOTrainer``; ``train`` runs it and saves the model and processor.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ergo_data.core.errors import RecipeError
+from ergo_train.models.processor import save_processor
+from ergo_train.rewards.reward_set import StepMetrics, build_reward_funcs
+from ergo_train.rollout.env import use_tool_chat_template, zoom_env_factory
+from ergo_train.train.data import load_curated
+from ergo_train.train.recipe import TrainRecipe, grpo_config_kwargs
+
+
+def _dtype(name: str, bf16: bool):
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, name)
+
+
+@dataclass
+class TrainerParts:
+    trainer: Any
+    model: Any
+    processor: Any
+    dataset: Any
+    metrics: StepMetrics
+    config: Any
+
+
+def build_trainer(recipe: TrainRecipe) -> TrainerParts:
+    """Load the model and processor, the curated set and the rewards; return a ready ``GRPOTrainer``."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is marked experimental
+    from trl import GRPOConfig, GRPOTrainer
+
+    from ergo_train.models.loaders import load_model
+    from ergo_train.models.processor import vision_token_ids
+
+    bf16 = bool(grpo_config_kwargs(recipe)["bf16"])  # validates the recipe before loading a model
+    model, processor = load_model(recipe.model, max_pixels=recipe.max_pixels, dtype=_dtype(recipe.dtype, bf16))
+    use_tool_chat_template(processor)
+    config_kw = grpo_config_kwargs(recipe, suppress_token_ids=_known_ids(processor.tokenizer, vision_token_ids))
+    try:
+        config = GRPOConfig(**config_kw)
+    except TypeError as e:
+        raise RecipeError(f"grpo: {e} (keys must be trl.GRPOConfig fields)") from None
+    except ValueError as e:
+        raise RecipeError(f"grpo: {e}") from None
+    dataset = load_curated(recipe.data, recipe.max_pixels)
+    funcs, metrics = build_reward_funcs(recipe.rewards, recipe.max_pixels, config.num_generations)
+    peft_config = None
+    if recipe.lora is not None:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
+                                 target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+    trainer = GRPOTrainer(model=model, args=config, train_dataset=dataset, reward_funcs=funcs,
+                          processing_class=processor, environment_factory=zoom_env_factory(recipe.max_pixels),
+                          peft_config=peft_config)
+    return TrainerParts(trainer, model, processor, dataset, metrics, config)
+
+
+def _known_ids(tokenizer, ids_of) -> list[int]:
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return [i for i in ids_of(tokenizer) if i is not None and i != unk]
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    log_history: list[dict[str, Any]]
+    metrics: list[dict[str, float]]
+    global_step: int
+
+
+def train(recipe: TrainRecipe, parts: TrainerParts | None = None) -> TrainResult:
+    """Run the recipe; saves the final model (or LoRA adapter) and the processor into ``output_dir``."""
+    parts = parts or build_trainer(recipe)
+    trainer = parts.trainer
+    trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint)
+    out = Path(recipe.output_dir)
+    trainer.save_model(str(out))
+    save_processor(parts.processor, out)
+    return TrainResult(out, list(trainer.state.log_history), list(parts.metrics.history), trainer.state.global_step)

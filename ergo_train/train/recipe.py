@@ -1,0 +1,106 @@
+"""Training recipe (YAML + ``--set`` overrides) and the ``GRPOConfig`` arguments it resolves to.
+
+>>> recipe = load_train_recipe("pipelines/train_tiny.yaml", ["grpo.max_steps=1"])
+>>> recipe.model, recipe.preset, recipe.max_pixels
+('tiny', 'gspo', 50176)
+>>> kw = grpo_config_kwargs(recipe, use_vllm=False)
+>>> kw["importance_sampling_level"], kw["loss_type"], kw["max_steps"], kw["max_tool_calling_iterations"]
+('sequence', 'grpo', 1, 1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.vision import budget_pixels
+from ergo_data.pipeline.contract import Params, build_params
+from ergo_data.pipeline.recipe import apply_override, read_yaml_file
+from ergo_train.rewards.reward_set import ERGO_REWARD_WEIGHTS, reward_weights
+
+GSPO_PRESET: dict[str, Any] = {  # GSPO (Qwen): sequence-level importance ratio, tight clipping, no KL
+    "importance_sampling_level": "sequence", "loss_type": "grpo", "beta": 0.0,
+    "epsilon": 3e-4, "epsilon_high": 4e-4, "steps_per_generation": 4,
+}
+PRESETS: dict[str, dict[str, Any]] = {"grpo": {}, "gspo": GSPO_PRESET}
+# Qwen2.5-VL's language-model projections; the vision tower stays frozen (its MLP reuses the names).
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+
+
+class DataSpec(Params):
+    path: str  # an `ergo run` output directory (reads data/*.parquet), a Parquet file, or a glob
+    split: str | None = "train"  # keep rows of this split (null: all rows)
+    limit: int | None = Field(None, gt=0)  # first N rows after the split filter
+
+
+class LoraSpec(Params):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: str | list[str] = LORA_TARGETS
+
+
+class TrainRecipe(Params):
+    name: str
+    description: str = ""
+    model: str = "tiny"  # "tiny", a local checkpoint directory, or a hub name
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    data: DataSpec
+    budget_tokens: int = Field(1280, gt=0)  # max_pixels = budget_tokens * 28 * 28 for both turns
+    rewards: dict[str, float | dict[str, Any]] = Field(default_factory=lambda: dict(ERGO_REWARD_WEIGHTS))
+    preset: Literal["grpo", "gspo"] = "gspo"
+    lora: LoraSpec | None = None
+    output_dir: str = "out/train"
+    resume_from_checkpoint: str | bool | None = None  # a checkpoint dir, or true for the latest in output_dir
+    seed: int = 0
+    grpo: dict[str, Any] = Field(default_factory=dict)  # any trl.GRPOConfig field; wins over the preset
+
+    @property
+    def max_pixels(self) -> int:
+        return budget_pixels(self.budget_tokens)
+
+
+def parse_train_recipe(data: Any, overrides: Sequence[str] = (), origin: str = "<recipe>") -> TrainRecipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{origin}: a training recipe is a mapping with name, model, data, rewards, grpo")
+    data = dict(data)
+    for o in overrides:
+        apply_override(data, o)
+    return build_params(TrainRecipe, TrainRecipe, data, "training recipe")
+
+
+def load_train_recipe(path: str | Path, overrides: Sequence[str] = ()) -> TrainRecipe:
+    """Read a training recipe; ``overrides`` are ``--set`` assignments (``grpo.max_steps=2``, ``model=...``)."""
+    return parse_train_recipe(read_yaml_file(path, "training recipe"), overrides, str(path))
+
+
+# ---- config and trainer ----------------------------------------------------------------------------
+def grpo_config_kwargs(recipe: TrainRecipe, *, use_vllm: bool | None = None,
+                       suppress_token_ids: Sequence[int] = ()) -> dict[str, Any]:
+    """GRPOConfig arguments: ERGO's fixed settings <- the preset <- the recipe's ``grpo`` section."""
+    import torch
+
+    kw: dict[str, Any] = {
+        "output_dir": recipe.output_dir, "seed": recipe.seed, "report_to": "none",
+        "max_tool_calling_iterations": 1,  # turn 1 -> zoom -> turn 2
+        "log_completions": False,  # image tool results break TRL's completions table (TRL_FACTS pitfall 3)
+        "remove_unused_columns": False,
+        "reward_weights": list(reward_weights(recipe.rewards).values()),
+        "bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+    }
+    kw.update(PRESETS[recipe.preset])
+    kw.update(recipe.grpo)
+    if kw["max_tool_calling_iterations"] != 1:
+        raise RecipeError("grpo.max_tool_calling_iterations must be 1: ERGO zooms exactly once")
+    if kw["log_completions"]:
+        raise RecipeError("grpo.log_completions must be false: TRL cannot log image tool results")
+    vllm = bool(kw.get("use_vllm")) if use_vllm is None else use_vllm
+    if suppress_token_ids and not vllm:  # a model that samples a vision placeholder breaks Qwen's rope index
+        gen = dict(kw.get("generation_kwargs") or {})
+        gen["suppress_tokens"] = sorted(set(gen.get("suppress_tokens", [])) | set(suppress_token_ids))
+        kw["generation_kwargs"] = gen
+    return kw

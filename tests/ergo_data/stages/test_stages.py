@@ -1,0 +1,122 @@
+"""Each built-in stage on small in-memory batches: kept rows, rejects with reasons, params errors."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from ergo_data.core.boxes import Box
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.schema import BoxRecord, make_row
+from ergo_data.core.vision import derived_columns
+from ergo_data.pipeline.registry import stage_registry
+from ergo_data.stages.dedup import DedupStage
+from ergo_data.stages.filters import AreaStage, BoxCheckStage, VisibilityStage
+from ergo_data.stages.split import SplitStage, StratifyStage
+from ergo_data.stages.sql import SqlStage
+
+
+def row(i, box=(100, 100, 140, 130), size=(4000, 3000), sha=None, phash="0" * 16, source="s"):
+    r = make_row(id=f"{source}/{i:03d}", image_path="/x.jpg", question="q?", answer="a", source=source,
+                 boxes=[BoxRecord(*box, "obj", "annotation")])
+    r.update(width=size[0], height=size[1], image_sha256=sha or f"sha{i}", image_phash=phash)
+    r.update(derived_columns(size, [Box(*box)]))
+    return r
+
+
+def table(rows):
+    return pa.Table.from_pylist(rows)
+
+
+def test_registry_lists_core_stages_and_errors_name_valid_ones():
+    names = stage_registry.names()
+    for n in ("decode", "box_check", "visibility", "area", "dedup", "decontaminate", "sql", "stratify", "split"):
+        assert n in names
+    with pytest.raises(KeyError, match="valid stage types: .*decode"):
+        stage_registry.get("decodee")
+
+
+def test_unknown_param_lists_valid_keys():
+    with pytest.raises(RecipeError, match=r"max_side_pix.*Valid keys: max_pixels"):
+        VisibilityStage(max_side_pix=3)
+    with pytest.raises(RecipeError, match="min_side_px must be <= max_side_px"):
+        VisibilityStage(min_side_px=60, max_side_px=10)
+
+
+def test_box_check_reasons():
+    rows = [row(0), row(1, box=(0, 0, 5000, 10)), row(2)]
+    rows[2]["boxes"] = [{"x1": 1.0, "y1": 1.0, "x2": 1.0, "y2": 5.0, "label": "", "source": "annotation"}]
+    nob = row(3)
+    nob["boxes"] = []
+    res = BoxCheckStage().process(table(rows + [nob]))
+    assert res.kept.column("id").to_pylist() == ["s/000"]
+    assert {r["id"]: r["reason"] for r in res.rejected} == {
+        "s/001": "box_outside_image", "s/002": "box_degenerate", "s/003": "no_box"}
+    assert all(r["stage"] == "box_check" and r["detail"] for r in res.rejected)
+
+
+def test_box_check_clamps_within_tolerance():
+    res = BoxCheckStage(tolerance_px=1.0).process(table([row(0, box=(-0.5, 10, 4000.5, 20))]))
+    b = res.kept.column("boxes").to_pylist()[0][0]
+    assert (b["x1"], b["x2"]) == (0.0, 4000.0)
+
+
+def test_visibility_band():
+    # 4000x3000 at 1280 budget -> 1148x840 (x scale 0.287, y scale 0.28)
+    tiny, mid, big = row(0, box=(0, 0, 10, 10)), row(1, box=(0, 0, 100, 100)), row(2, box=(0, 0, 1000, 1000))
+    res = VisibilityStage(min_side_px=8, max_side_px=56).process(table([tiny, mid, big]))
+    assert res.kept.column("id").to_pylist() == ["s/001"]
+    assert {r["id"]: r["reason"] for r in res.rejected} == {
+        "s/000": "region_too_small", "s/002": "region_legible_without_zoom"}
+
+
+def test_area_bounds():
+    res = AreaStage(max_frac=0.6).process(table([row(0), row(1, box=(0, 0, 4000, 2500))]))
+    assert res.kept.column("id").to_pylist() == ["s/000"]
+    assert res.rejected[0]["reason"] == "box_area_too_large"
+
+
+def test_sql_null_counts_as_false_and_bad_sql_is_clear():
+    rows = [row(0), row(1)]
+    rows[1]["box_area_frac"] = None
+    res = SqlStage(where="box_area_frac < 0.5").process(table(rows))
+    assert res.kept.column("id").to_pylist() == ["s/000"]
+    with pytest.raises(RecipeError, match="cannot evaluate WHERE"):
+        SqlStage(where="no_such_column > 1").process(table(rows))
+
+
+def test_dedup_keeps_first_by_id_and_is_order_independent():
+    a = row(0, phash="ffff0000ffff0000")
+    b = row(1, phash="ffff0000ffff0001")  # distance 1 from a: duplicate
+    c = row(2, phash="0000ffff0000ffff")  # far away
+    same_image = row(3, sha="sha0", phash="ffff0000ffff0000")  # another question on a's image
+    for order in ([a, b, c, same_image], [same_image, c, b, a]):
+        res = DedupStage(max_distance=4).process(table(order))
+        assert sorted(res.kept.column("id").to_pylist()) == ["s/000", "s/002", "s/003"]
+        assert [r["id"] for r in res.rejected] == ["s/001"]
+        assert "s/000" in res.rejected[0]["detail"]
+
+
+def test_split_by_image_seeded_and_fractions():
+    rows = [row(i, sha=f"img{i // 3}") for i in range(600)]
+    out = SplitStage(val=0.2, test=0.1, seed=7).process(table(rows)).kept.to_pylist()
+    per_image = {}
+    for r in out:
+        per_image.setdefault(r["image_sha256"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in per_image.values())
+    counts = {s: sum(r["split"] == s for r in out) for s in ("train", "val", "test")}
+    assert 0.1 < counts["val"] / 600 < 0.3 and 0.03 < counts["test"] / 600 < 0.2
+    again = SplitStage(val=0.2, test=0.1, seed=7).process(table(list(reversed(rows)))).kept.to_pylist()
+    assert {r["id"]: r["split"] for r in again} == {r["id"]: r["split"] for r in out}
+    other = SplitStage(val=0.2, test=0.1, seed=8).process(table(rows)).kept.to_pylist()
+    assert {r["id"]: r["split"] for r in other} != {r["id"]: r["split"] for r in out}
+
+
+def test_stratify_caps_buckets():
+    rows = [row(i, source="a") for i in range(10)] + [row(i, source="b") for i in range(3)]
+    res = StratifyStage(by=["source"], area_bins=None, max_per_bucket=4, seed=0).process(table(rows))
+    kept = res.kept.column("source").to_pylist()
+    assert kept.count("a") == 4 and kept.count("b") == 3
+    assert len(res.rejected) == 6 and all(r["reason"] == "stratify_cap" for r in res.rejected)
+    res2 = StratifyStage(by=["source"], area_bins=None, max_per_bucket=4, seed=0).process(table(rows[::-1]))
+    assert sorted(res2.kept.column("id").to_pylist()) == sorted(res.kept.column("id").to_pylist())

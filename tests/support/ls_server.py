@@ -1,0 +1,91 @@
+"""Session fixture: a real Label Studio server on 127.0.0.1, on a free port, with a throwaway data dir.
+
+It installs ``.venv-ls`` once (``scripts/install_ls.sh``, cached by its stamp; needs PyPI the first
+time), seeds the data dir with a migrated empty database (built once per install), starts the server
+with the admin's credentials and token in its environment, waits for ``/health``, and stops it
+(SIGTERM, then SIGKILL) at the end. It is imported by tests/conftest.py, so every module shares one server per session.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ergo_data.labelstudio.client import Connection
+from ergo_data.labelstudio.server import (
+    DEFAULT_VENV,
+    LabelStudioServer,
+    LabelStudioServerError,
+    ServerSettings,
+    free_port,
+    install,
+)
+
+
+@dataclass
+class LSTestServer:
+    url: str
+    username: str
+    password: str
+    token: str
+    data_dir: Path
+    server: LabelStudioServer
+
+    def connection(self, token: str | None = None, timeout: float = 60.0) -> Connection:
+        return Connection(self.url, token or self.token, timeout)
+
+    def sign_up(self, email: str, password: str) -> str:
+        """Create an account through the web sign-up form, as an annotator would; returns its API token."""
+        with httpx.Client(base_url=self.url, follow_redirects=False, timeout=60) as web:
+            web.get("/user/signup/").raise_for_status()
+            answer = web.post(
+                "/user/signup/",
+                headers={"Referer": f"{self.url}/user/signup/"},
+                data={
+                    "email": email,
+                    "password": password,
+                    "csrfmiddlewaretoken": web.cookies["csrftoken"],
+                    "how_find_us": "",
+                    "allow_newsletters": "false",
+                },
+            )
+            if answer.status_code != 302:
+                errors = re.findall(r'class="[^"]*error[^"]*">\s*([^<]+)', answer.text)
+                raise AssertionError(f"sign-up of {email} failed ({answer.status_code}): {errors}")
+            token = web.get("/api/current-user/token")
+            token.raise_for_status()
+            return token.json()["token"]
+
+
+@pytest.fixture(scope="session")
+def ls_server(tmp_path_factory: pytest.TempPathFactory):
+    try:
+        install(DEFAULT_VENV)
+    except LabelStudioServerError as e:
+        pytest.fail(f"cannot install the Label Studio server for the integration tests: {e}")
+    root = tmp_path_factory.mktemp("label-studio")
+    settings = ServerSettings(
+        data_dir=root / "data",
+        username="admin@example.com",
+        password=secrets.token_urlsafe(12),
+        token=secrets.token_hex(20),
+        port=free_port(),
+        document_root=root / "files",
+    )
+    settings.document_root.mkdir()
+    server = LabelStudioServer(settings, DEFAULT_VENV)
+    try:
+        server.start(timeout=600)
+    except LabelStudioServerError as e:
+        pytest.fail(str(e))
+    try:
+        yield LSTestServer(
+            settings.url, settings.username, settings.password, settings.token, settings.data_dir, server
+        )
+    finally:
+        server.stop()
