@@ -39,7 +39,8 @@ from typing import Any
 from ergo_data.core.boxes import BoxError, Size
 from ergo_data.core.vision import resized_size
 from ergo_train.rewards.judges import JudgeCache, RegionQuery, build_judge, judge_regions
-from ergo_train.rollout.parsing import ParsedCompletion, answer_matches, parse_completion, zoom_on_original
+from ergo_train.rollout.matching import answer_matches
+from ergo_train.rollout.parsing import ParsedCompletion, parse_completion, zoom_on_original
 from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels
 
 DEFAULT_MAX_PIXELS = budget_max_pixels(DEFAULT_BUDGET_TOKENS)

@@ -30,12 +30,11 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 from ergo_data.core.boxes import Box, Size
+from ergo_train.rollout.matching import answer_matches, normalize_answer  # noqa: F401 - the matcher's old home
 
 ZOOM_TOOL = "zoom"
 ZOOM_ARGS = ("x1", "y1", "x2", "y2")
@@ -46,9 +45,6 @@ _TAG_BODY = re.compile(rf"\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*(
 _TAG_ZOOM = re.compile(r"<zoom>(.*?)</zoom>", re.DOTALL)
 _HERMES = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_LETTER = re.compile(r"\(?([A-Za-z])\)?[.):]?")
-_LETTER_TEXT = re.compile(r"\(?([A-Za-z])\)?[.):]\s*(.+)", re.DOTALL)
-_SPACE = re.compile(r"\s+")
 
 
 class ParsedCompletion:
@@ -319,55 +315,3 @@ def _parse_text_completion(text: str) -> ParsedCompletion:
         if text.find("<answer>") < end_of_zoom:
             format_error = "<answer> before the zoom"
     return ParsedCompletion(zoom, zoom_error, answer, answer_error, format_error, form)
-
-
-# ---- answers -------------------------------------------------------------------------------------
-@lru_cache(maxsize=1 << 16)
-def normalize_answer(text: str) -> str:
-    """NFKC, case-folded, whitespace collapsed, outer quotes/brackets and a final period dropped.
-
-    >>> normalize_answer("  ＥＶＩＡＮ. "), normalize_answer('"Coca-Cola"')
-    ('evian', 'coca-cola')
-    """
-    s = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")  # zero-width
-    s = _SPACE.sub(" ", s).strip().casefold()
-    s = s.rstrip(".。").strip()
-    if len(s) >= 2 and s[0] + s[-1] in ('""', "''", "()", "[]", "“”", "‘’"):
-        s = s[1:-1].strip()
-    return s
-
-
-def answer_matches(pred: str | None, options: Sequence[str] | None, answer: str,
-                   answer_letter: str | None = None) -> bool:
-    """Does ``pred`` (the text inside ``<answer>``) name the correct answer?
-
-    With options: the letter alone (``B``, ``(B)``, ``b.``), the option text alone, or letter and text
-    together (both must agree). Without options: normalized text equality.
-    """
-    if pred is None:
-        return False
-    if not options:
-        return normalize_answer(pred) == normalize_answer(answer)
-    letter = answer_letter or _letter_of(tuple(options), answer)
-    if len(pred) == 1 and pred.isascii() and pred.isalpha():  # the instructed form: the letter alone
-        return pred.upper() == letter
-    pred = unicodedata.normalize("NFKC", pred).strip()
-    m = _LETTER.fullmatch(pred)
-    if m is not None:
-        return letter is not None and m.group(1).upper() == letter
-    said, want = normalize_answer(pred), normalize_answer(answer)
-    if said in {normalize_answer(o) for o in options}:  # an option's text (even one like "A. Lincoln")
-        return said == want
-    m = _LETTER_TEXT.fullmatch(pred)
-    if m is not None:
-        return m.group(1).upper() == letter and normalize_answer(m.group(2)) == want
-    return False
-
-
-@lru_cache(maxsize=1 << 14)
-def _letter_of(options: Sequence[str], answer: str) -> str | None:
-    want = normalize_answer(answer)
-    for i, o in enumerate(options):
-        if normalize_answer(o) == want:
-            return chr(65 + i)
-    return None
