@@ -341,6 +341,29 @@ def _trim_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
     return ids
 
 
+def first_turn(model, processor, row: Mapping[str, Any], max_pixels: int, *, max_new_tokens: int = 256,
+               generate_kwargs: Mapping[str, Any] | None = None, env: ZoomEnv | None = None):
+    """Turn 1 only, with ``model.generate``: ``(messages, text, parsed message, blocks or None, env, n tokens)``.
+
+    ``blocks`` is what turn 1's action returned (``execute_turn1``); ``env.zoom_ok`` says whether it was a
+    well-formed zoom, read as the rewards read it.
+    """
+    from trl.chat_template_utils import add_response_schema, parse_response
+
+    tok = processor.tokenizer
+    if getattr(tok, "response_template", None) is None and getattr(tok, "response_schema", None) is None:
+        add_response_schema(processor)
+    env = env or ZoomEnv(max_pixels)
+    env.reset(**row)
+    messages = build_turn1_messages(row, max_pixels)
+    tools = [env.zoom]
+    prompt_ids, ids1 = _generate(model, processor, messages, tools, max_new_tokens, dict(generate_kwargs or {}))
+    ids1 = _trim_at_eos(ids1, set(_eos_ids(model, tok)))
+    parsed1 = parse_response(tok, ids1, prefix=prompt_ids, tools=tools)
+    text1 = tok.decode(ids1, skip_special_tokens=True)
+    return messages, text1, parsed1, execute_turn1(env, parsed1), env, len(ids1)
+
+
 def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, max_new_tokens: int = 256,
                   generate_kwargs: Mapping[str, Any] | None = None, env: ZoomEnv | None = None) -> TwoTurnResult:
     """Run one sample through turn 1, the zoom tool and turn 2 with ``model.generate`` (no TRL trainer).
@@ -348,39 +371,26 @@ def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, 
     The processor must use the tool template (``use_tool_chat_template``) and budget ``max_pixels``.
     The tool calls are parsed with TRL's parser (the training path), the tag form as a fallback.
     """
-    from trl.chat_template_utils import add_response_schema, parse_response
-
-    tok = processor.tokenizer
-    if getattr(tok, "response_template", None) is None and getattr(tok, "response_schema", None) is None:
-        add_response_schema(processor)
-    eos_ids = set(_eos_ids(model, tok))
-    env = env or ZoomEnv(max_pixels)
-    env.reset(**row)
-    messages = build_turn1_messages(row, max_pixels)
-    tools = [env.zoom]
-    kwargs = dict(generate_kwargs or {})
-    prompt_ids, ids1 = _generate(model, processor, messages, tools, max_new_tokens, kwargs)
-    ids1 = _trim_at_eos(ids1, eos_ids)
-    parsed1 = parse_response(tok, ids1, prefix=prompt_ids, tools=tools)
-    text1 = tok.decode(ids1, skip_special_tokens=True)
+    messages, text1, parsed1, blocks, env, n1 = first_turn(model, processor, row, max_pixels,
+                                                           max_new_tokens=max_new_tokens,
+                                                           generate_kwargs=generate_kwargs, env=env)
     completion: list[dict[str, Any]] = [parsed1]
-    blocks = execute_turn1(env, parsed1)
     if blocks is None:
-        return TwoTurnResult(text1, None, None, None, list(env.vision_tokens), completion, len(ids1))
+        return TwoTurnResult(text1, None, None, None, list(env.vision_tokens), completion, n1)
     tool_msg = {"role": "tool", "name": ZOOM_TOOL, "content": blocks}
     completion.append(tool_msg)
     assistant1 = dict(parsed1)
     if not assistant1.get("tool_calls"):  # tag form: keep the text as the assistant turn
         assistant1 = {"role": "assistant", "content": text1}
     messages = messages + [assistant1, tool_msg]
-    _, ids2 = _generate(model, processor, messages, tools, max_new_tokens, kwargs)
-    ids2 = _trim_at_eos(ids2, eos_ids)
+    tok = processor.tokenizer
+    _, ids2 = _generate(model, processor, messages, [env.zoom], max_new_tokens, dict(generate_kwargs or {}))
+    ids2 = _trim_at_eos(ids2, set(_eos_ids(model, tok)))
     text2 = tok.decode(ids2, skip_special_tokens=True)
     completion.append({"role": "assistant", "content": text2})
     zoom = env.zooms[-1]
     args = list(zoom.requested) if zoom.requested else None
-    return TwoTurnResult(text1, text2, args, zoom, list(env.vision_tokens),
-                         completion, len(ids1) + len(ids2))
+    return TwoTurnResult(text1, text2, args, zoom, list(env.vision_tokens), completion, n1 + len(ids2))
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
