@@ -95,7 +95,7 @@ def test_ergo_sft_then_ergo_train_from_its_output(demo_set, tmp_path):
     assert res.exit_code == 0, res.output
     assert "3 steps" in res.output and (sft_out / "config.json").exists()
     before, _ = load_model("tiny")
-    after, processor = load_model(str(sft_out), max_pixels=64 * 28 * 28)
+    after, _ = load_model(str(sft_out), max_pixels=64 * 28 * 28)
     moved = [n for n, p in after.named_parameters() if not torch.equal(p, dict(before.named_parameters())[n])]
     assert moved, "SFT must change the weights"
     res = CliRunner().invoke(app, ["train", str(GRPO), "--model", str(sft_out), "--set", f"data.path={demo_set}",
