@@ -234,7 +234,9 @@ class VLMJudge(Judge):
         total = sum(probs)
         want = ord(r.answer_letter or _letter_for(r)) - 65
         picked = max(range(len(probs)), key=probs.__getitem__)
-        return Verdict(picked == want, probs[want] / total, f"picked {letters[picked]}")
+        absent = [letter for letter, lp in zip(letters, logps) if lp is None]
+        note = f"; {', '.join(absent)} not among the top {len(top)} first tokens" if absent else ""
+        return Verdict(picked == want, probs[want] / total, f"picked {letters[picked]}{note}")
 
 
 class _left_padding:
