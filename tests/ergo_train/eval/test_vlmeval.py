@@ -93,6 +93,7 @@ def test_score_reproduces_vlmevalkits_rule_accuracy_on_its_own_file(tmp_path):
         assert f"| vlmeval | hrbench4k/{i} |" in report
 
 
+@pytest.mark.integration
 def test_cycle_averaging_and_avg_at_k_on_a_tsv_run(tmp_path):
     """A model that always answers 'A' on an HR-Bench TSV built here: its accuracy is the share of items whose
     correct letter is A, per cycle group (no shuffle), and per seed once the options are shuffled (Avg@K)."""
