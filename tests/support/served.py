@@ -47,7 +47,7 @@ def fault_server(replies: list[tuple[int, dict]], delay_s: float = 0.0) -> Itera
         def log_message(self, *args):
             pass
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             status, payload = replies[min(len(bodies) - 1, len(replies) - 1)]
             time.sleep(delay_s)

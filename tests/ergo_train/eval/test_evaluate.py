@@ -91,7 +91,7 @@ def tool_call(xyxy) -> str:
 
 # ---- counting -----------------------------------------------------------------------------------
 def test_every_failure_is_wrong_listed_and_kept_in_the_denominator(tiny, tmp_path):
-    model, proc = tiny
+    _model, _proc = tiny
     runs = [
         (BadItem("t/bad", "t", "bad_options", "t.json: duplicate options"), scripted(tiny, "B")),
         (synth_item("t/corrupt", data=b"\xff\xd8 not a jpeg"), scripted(tiny, "B")),
@@ -132,7 +132,7 @@ def test_parse_choice_accepts_tags_or_a_bare_choice_only():
 
 # ---- the three modes ----------------------------------------------------------------------------
 def test_coarse_to_fine_zoom_on_the_ground_truth_box(tiny):
-    model, proc = tiny
+    _model, _proc = tiny
     item = next(i for i in load_bench("vstar", EXAMPLES / "vstar") if i.id == "vstar/signicade")
     image = item.load_image()
     seen = resized_size(image.size, MAX_PIXELS)
@@ -152,7 +152,7 @@ def test_coarse_to_fine_zoom_on_the_ground_truth_box(tiny):
 
 
 def test_coarse_to_fine_malformed_or_missing_zoom(tiny):
-    model, proc = tiny
+    _model, _proc = tiny
     item = synth_item()
     bad = run_item(tiny, item, "coarse_to_fine", scripted(tiny, tool_call([50, 50, 10, 10]),
                                                                         "<answer>B</answer>"))
@@ -165,7 +165,7 @@ def test_coarse_to_fine_malformed_or_missing_zoom(tiny):
 
 
 def test_direct_and_oracle_crop_count_the_tokens_the_processor_saw(tiny):
-    model, proc = tiny
+    _model, _proc = tiny
     item = synth_item(size=(1600, 600))
     direct = run_item(tiny, item, "direct", scripted(tiny, "C"))
     assert (direct["status"], direct["pred_letter"], direct["correct"]) == ("ok", "C", False)

@@ -139,7 +139,7 @@ def test_cycle_averaging_and_avg_at_k_on_a_tsv_run(tmp_path):
     recs = [json.loads(line) for line in out["results"].read_text().splitlines() if json.loads(line)["seed"] == 1]
     rows = read_predictions(out["vlmeval"] / "direct-seed1" / "tiny_HRBench4K.tsv")
     for rec, row in zip(recs, rows):
-        assert row["answer"] == dict((r[0], r[3]) for r in ROWS)[int(row["index"])]
+        assert row["answer"] == {r[0]: r[3] for r in ROWS}[int(row["index"])]
         assert row[row["prediction"]] == rec["options"][0]  # the model said A: the option shown first
 
 
