@@ -15,8 +15,6 @@ from typing import Annotated
 
 import typer
 
-from ergo_data.cli.common import console, fail
-
 eval_app = typer.Typer(help="Evaluate a model on V*, HR-Bench or MME-RealWorld (every failure counts as WRONG); "
                        "`score` re-scores predictions, `serve` serves a checkpoint.", no_args_is_help=False)
 
@@ -75,6 +73,7 @@ def eval_command(
     """Evaluate a model on a benchmark; every failure counts as WRONG and is listed in the report."""
     if ctx.invoked_subcommand is not None:
         return
+    from ergo_data.cli.common import console, fail
     from ergo_data.pipeline.progress import Progress
     from ergo_train.eval.evaluate import MODES, EvalSettings, run_eval
     from ergo_train.eval.loaders import BENCHES, BenchFormatError
@@ -128,6 +127,7 @@ def score_command(
                                               "the file")] = None,
 ) -> None:
     """Re-score predictions without a model and print the same report (both matchers for VLMEvalKit files)."""
+    from ergo_data.cli.common import console, fail
     from ergo_train.eval.score import score_file
 
     out = out or predictions.parent / f"{predictions.stem}_score"
@@ -160,6 +160,8 @@ def print_summary(summary_path: Path) -> None:
     import math
 
     from rich.table import Table
+
+    from ergo_data.cli.common import console
 
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
 

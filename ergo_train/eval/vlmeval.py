@@ -22,8 +22,8 @@ These are implemented here (not imported) to score our records the same way and 
 
 >>> can_infer("The answer is B", {"A": "red", "B": "blue"}), can_infer("B. blue", {"A": "red", "B": "blue"})
 ('B', 'B')
->>> can_infer("I think it is a B-52 bomber, not A", {"A": "red", "B": "blue"})
-False
+>>> can_infer("A or B", {"A": "red", "B": "blue"}), can_infer("it is blue", {"A": "red", "B": "blue"})
+(False, 'B')
 >>> extract_characters_regex("<answer>c</answer>"), extract_characters_regex("")
 ('C', 'A')
 """
