@@ -36,8 +36,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image
 
@@ -55,18 +54,13 @@ class ServedError(RuntimeError):
         self.reason = reason
 
 
-@dataclass
-class ServedTurn:
-    """The assistant turn (same fields as ``ergo_train.rollout.chat.ChatTurn``)."""
+class ServedTurn(NamedTuple):
+    """The assistant turn, in the fields of ``ergo_train.rollout.chat.ChatTurn`` (which this layer cannot import)."""
 
     message: dict[str, Any]
     text: str
     generated_tokens: int
     vision_tokens: int | None = None
-
-    @property
-    def tool_calls(self) -> list[Any]:
-        return list(self.message.get("tool_calls") or [])
 
 
 # ---- the wire format --------------------------------------------------------------------------------
