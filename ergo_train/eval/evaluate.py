@@ -40,12 +40,13 @@ from ergo_data.core.imageio import DecodeError
 from ergo_train.eval.loaders import LETTERS, BadItem, BenchItem
 from ergo_train.rollout.chat import ChatBackend, TransformersChat
 from ergo_train.rollout.env import turn2_text, two_turn_rollout
-from ergo_train.rollout.parsing import answer_matches, parse_answer
+from ergo_train.rollout.matching import answer_matches
+from ergo_train.rollout.parsing import parse_answer
 from ergo_train.rollout.zoom import budget_max_pixels, coarse_view, crop_at_budget
 
 MODES = ("direct", "coarse_to_fine", "oracle_crop", "direct_full")
 FULL_RES_MAX_PIXELS = budget_max_pixels(16384)  # Qwen2.5-VL's own default max_pixels
-MATCHER = "ergo rule matcher (ergo_train.rollout.parsing.parse_answer + answer_matches)"
+MATCHER = "ergo rule matcher (ergo_train.rollout.matching.answer_matches on parsing.parse_answer's <answer>, else the whole output)"
 
 
 @dataclass
