@@ -95,17 +95,15 @@ def write_region_labels(set_dir: Path, path: Path) -> Path:
 def valid_zoom_rate(model_name: str, rows: list[dict[str, Any]], max_pixels: int, max_new_tokens: int) -> float:
     """Share of ``rows`` whose greedy turn 1 is a well-formed, usable zoom (``ZoomEnv.zoom_ok``)."""
     from ergo_train.models.loaders import load_model
-    from ergo_train.models.processor import VISION_TOKENS
+    from ergo_train.rollout.chat import TransformersChat
     from ergo_train.rollout.env import first_turn, use_tool_chat_template
 
     model, processor = load_model(model_name, max_pixels=max_pixels)
-    use_tool_chat_template(processor)
-    tok = processor.tokenizer
-    suppress = [tok.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+    chat = TransformersChat(model, use_tool_chat_template(processor), max_new_tokens=max_new_tokens,
+                            generate_kwargs={"do_sample": False})  # greedy, vision placeholders suppressed
     ok = 0
     for row in rows:
-        *_, env, _n = first_turn(model, processor, row, max_pixels, max_new_tokens=max_new_tokens,
-                                 generate_kwargs={"do_sample": False, "suppress_tokens": suppress})
+        *_, env = first_turn(chat, row, max_pixels)
         ok += int(env.zoom_ok)
     return ok / len(rows)
 
