@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -152,7 +153,11 @@ def _api_error_message(conn: Connection, status: int | None, body: Any) -> str:
         if what:
             return what
         kind = "an HTML page" if "<html" in str(body).lower() else "no JSON"
-        return f"Label Studio at {url} answered HTTP {status} with {kind} instead of its API's JSON"
+        path = urlsplit(url).path
+        return f"Label Studio at {url} answered HTTP {status} with {kind} instead of its API's JSON" + (
+            f": the URL has a path ({path}); pass the server's base URL, e.g. "
+            f"{url[: len(url) - len(path)]} (no path after the port)" if path.strip("/") else ""
+        )
     if status == 401:
         hint = local_token_hint(url, conn.api_key)
         return (

@@ -6,6 +6,7 @@ installs .venv-ls and builds its template database, once).
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import secrets
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 from ergo_data.cli.app import app
 from ergo_data.core.boxes import Box
 from ergo_data.core.schema import LABELS_SCHEMA, validate_row
-from ergo_data.labelstudio.client import Connection, LabelStudioError
+from ergo_data.labelstudio.client import IMAGE_STORE_TITLE, Connection, LabelStudioError
 from ergo_data.labelstudio.pull import PullReport, convert_export, parse_annotation, pull
 from ergo_data.labelstudio.push import prediction_result, push, select_samples
 from ergo_data.labelstudio.server import free_port
@@ -250,6 +251,7 @@ def test_wrong_token_is_a_clear_401_and_leaves_nothing(ls_server, demo_set):
     with pytest.raises(LabelStudioError) as e:
         push(demo_set, title, ls_server.connection(token="not-the-token"))
     assert "401" in str(e.value) and ls_server.url in str(e.value) and "LABEL_STUDIO_API_KEY" in str(e.value)
+    assert "credentials.env" in str(e.value)  # where a local server's token is
     assert not [p for p in ls_server.connection().client().projects.list() if p.title == title]
     with pytest.raises(LabelStudioError, match="401"):
         pull(title, demo_set / "nowhere", ls_server.connection(token="not-the-token"))
@@ -264,6 +266,45 @@ def test_foreign_project_and_unknown_project(ls_server, demo_set, tmp_path):
         push(demo_set, title, conn, limit=1)
     with pytest.raises(LabelStudioError, match="no project titled"):
         pull(unique_title("never pushed"), tmp_path / "x", conn)
+    with pytest.raises(LabelStudioError, match="not ergo's"):
+        pull(title, tmp_path / "x", conn)
+
+
+@integration
+def test_the_image_store_is_not_a_review_project(ls_server, demo_set, tmp_path):
+    env = {"LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token}
+    push(demo_set, unique_title("store"), ls_server.connection(), limit=1)  # the store exists now
+    for args in (["push", str(demo_set)], ["pull", "--out", str(tmp_path / "store")]):
+        res = CliRunner().invoke(app, ["ls", *args, "--project", IMAGE_STORE_TITLE], env=env)
+        assert res.exit_code == 1 and "keeps the images, not a review project" in res.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_url_that_is_not_label_studio_says_what_was_expected(demo_set, tmp_path):
+    # a real HTTP server that is not Label Studio: Python's file server (404 HTML for /api/...)
+    (tmp_path / "www").mkdir()
+    handler = functools.partial(_QuietFiles, directory=str(tmp_path / "www"))
+    www = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=www.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{www.server_address[1]}"
+    try:
+        with pytest.raises(LabelStudioError) as e:
+            push(demo_set, "not ls", Connection(url, "some-token", timeout=10))
+        message = str(e.value)
+        assert f"{url} is not a Label Studio server" in message and '{"status": "UP"}' in message
+        assert f"GET {url}/health answered HTTP 404" in message and "base URL" in message
+        res = CliRunner().invoke(app, ["ls", "pull", "--project", "not ls", "--out", str(tmp_path / "o"),
+                                       "--url", url, "--api-key", "some-token"])
+        assert res.exit_code == 1 and "is not a Label Studio server" in res.output
+    finally:
+        www.shutdown()
+        www.server_close()
+
+
+@integration
+def test_a_path_after_the_port_is_named_too(ls_server, demo_set):
+    with pytest.raises(LabelStudioError, match="no path after the port"):
+        push(demo_set, "with path", Connection(ls_server.url + "/projects", ls_server.token, timeout=30), limit=1)
 
 
 def test_server_down_names_the_url(demo_set, tmp_path):
@@ -287,6 +328,11 @@ def test_server_down_names_the_url(demo_set, tmp_path):
         ],
     )
     assert res.exit_code == 1 and url in res.output and "cannot reach" in res.output
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 class _SlowHandler(http.server.BaseHTTPRequestHandler):
