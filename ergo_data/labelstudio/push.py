@@ -77,25 +77,24 @@ def jsonable_sample(row: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({**row, "image": image}, default=str))
 
 
+def rectangle_result(box: Box, size: tuple[int, int], rid: str, rotation: float = 0.0) -> dict[str, Any]:
+    """One RectangleLabels result as the editor submits it: percent of the image, original size set."""
+    return {
+        "id": rid,
+        "from_name": "region",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": size[0],
+        "original_height": size[1],
+        "image_rotation": 0,
+        "value": {**box.to_labelstudio(size), "rotation": rotation, "rectanglelabels": [REGION_LABEL]},
+    }
+
+
 def prediction_result(row: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The sample's boxes as RectangleLabels results (percent of the image, original size set)."""
     size = (int(row["width"]), int(row["height"]))
-    result = []
-    for i, rec in enumerate(row.get("boxes") or []):
-        value = Box.from_record(rec).to_labelstudio(size)
-        result.append(
-            {
-                "id": f"m{i}",
-                "from_name": "region",
-                "to_name": "image",
-                "type": "rectanglelabels",
-                "original_width": size[0],
-                "original_height": size[1],
-                "image_rotation": 0,
-                "value": {**value, "rectanglelabels": [REGION_LABEL]},
-            }
-        )
-    return result
+    return [rectangle_result(Box.from_record(rec), size, f"m{i}") for i, rec in enumerate(row.get("boxes") or [])]
 
 
 @dataclass(frozen=True)
@@ -375,6 +374,7 @@ def push(
                 except ValueError as e:
                     report.failed.append((row["id"], str(e)))
                 progress.advance(bar)
+        ready.sort(key=lambda p: p.row["id"])  # tasks in id order, as selected
         images = {p.image for p in ready}
         report.images_reused = len(images - set(new))
         report.crops_uploaded = len(set(new) - images)

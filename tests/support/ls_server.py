@@ -18,6 +18,7 @@ import pytest
 
 from ergo_data.core.boxes import Box
 from ergo_data.labelstudio.client import Connection
+from ergo_data.labelstudio.push import rectangle_result
 from ergo_data.labelstudio.server import (
     DEFAULT_VENV,
     LabelStudioServer,
@@ -65,17 +66,7 @@ class LSTestServer:
 
 def rectangle(box: Box, size: tuple[int, int], rid: str, rotation: float = 0.0) -> dict:
     """A RectangleLabels result as the Label Studio editor submits it (percent of the image)."""
-    value = {**box.to_labelstudio(size), "rotation": rotation, "rectanglelabels": ["region"]}
-    return {
-        "id": rid,
-        "from_name": "region",
-        "to_name": "image",
-        "type": "rectanglelabels",
-        "original_width": size[0],
-        "original_height": size[1],
-        "image_rotation": 0,
-        "value": value,
-    }
+    return rectangle_result(box, size, rid, rotation)
 
 
 def choice(name: str, value: str) -> dict:
