@@ -40,7 +40,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 COMPONENTS = ("r_format", "r_acc", "r_region", "r_box")
-FULL = {"per_background": 6, "sft_steps": 200, "grpo_steps": 40, "max_side": 1600}
+FULL = {"per_background": 10, "sft_steps": 300, "grpo_steps": 40, "max_side": 1600}
 QUICK = {"per_background": 2, "sft_steps": 60, "grpo_steps": 4, "max_side": 960}
 
 
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sft = SftRecipe(name="learning_sft", model=args.model, dtype="float32", data=DataSpec(path=str(set_dir)),
                     budget_tokens=args.budget_tokens, margin=0.5, output_dir=str(out / "sft"), sft={
                         "max_steps": size["sft_steps"], "per_device_train_batch_size": 4, "learning_rate": 3e-3,
-                        "lr_scheduler_type": "constant", "logging_steps": 20, "save_strategy": "no",
+                        "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "logging_steps": 25, "save_strategy": "no",
                         "use_cpu": True, "bf16": False, "dataloader_num_workers": 0, "disable_tqdm": True})
     sft_result = run_sft(sft)
     sft_losses = [(h["step"], h["loss"]) for h in sft_result.log_history if "loss" in h]

@@ -11,8 +11,9 @@ own token sequence, and trained with TRL's ``SFTTrainer`` with the loss on the t
 >>> recipe = load_sft_recipe("pipelines/sft_tiny.yaml", ["sft.max_steps=1"])
 >>> recipe.model, recipe.margin, recipe.max_pixels
 ('tiny', 0.5, 50176)
->>> sft_zoom({"width": 1200, "height": 900, "boxes": [{"x1": 600, "y1": 450, "x2": 620, "y2": 470}]}, 50176, 0.5)
-(114, 71, 143, 100)
+>>> row = {"width": 1200, "height": 900, "boxes": [{"x1": 600, "y1": 450, "x2": 620, "y2": 470}]}
+>>> sft_zoom(row, 50176, 0.5), sft_zoom(row, 50176, 0.5, snap=True)
+((114, 71, 143, 100), (112, 56, 168, 112))
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class SftRecipe(Params):
     budget_tokens: int = Field(1280, gt=0)  # the rollout's budget: max_pixels = budget_tokens * 28 * 28
     margin: float = Field(0.25, ge=0)  # widen the ground-truth region by this fraction of its size on each side
     min_region: float = Field(MIN_REGION_PATCHES, ge=0)  # and to at least this many patches per side
+    snap_to_patches: bool = True  # widen the box outward to the 28-px patch grid of the coarse view
     reasoning: str = DEFAULT_REASONING  # turn 1's reasoning line
     cache_episodes: int = Field(256, ge=0)  # rendered episodes kept in memory (small sets: every one, once)
     lora: LoraSpec | None = None  # LoRA adapters; merged into the saved model so `ergo train` loads it as is
@@ -69,10 +71,11 @@ def load_sft_recipe(path: str | Path, overrides: Sequence[str] = ()) -> SftRecip
     return build_params(SftRecipe, SftRecipe, data, "SFT recipe")
 
 
-def sft_zoom(row: Mapping[str, Any], max_pixels: int, margin: float,
-             min_region: float = MIN_REGION_PATCHES) -> tuple[int, int, int, int]:
+def sft_zoom(row: Mapping[str, Any], max_pixels: int, margin: float, min_region: float = MIN_REGION_PATCHES,
+             snap: bool = False) -> tuple[int, int, int, int]:
     """The zoom turn 1 is taught to write: the sample's region (union of its boxes) on the coarse view, widened by
-    ``margin`` of its size per side and to ``min_region`` patches, kept inside the view, in whole pixels."""
+    ``margin`` of its size per side and to ``min_region`` patches, kept inside the view, in whole pixels; with
+    ``snap``, widened outward to the 28-px patch grid the model sees (fewer distinct coordinates to learn)."""
     size = (int(row["width"]), int(row["height"]))
     seen = resized_size(size, max_pixels)
     x1, y1, x2, y2 = region_of(row).to_model(seen, size)
@@ -81,8 +84,10 @@ def sft_zoom(row: Mapping[str, Any], max_pixels: int, margin: float,
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     left = min(max(cx - w / 2, 0.0), seen[0] - w)
     top = min(max(cy - h / 2, 0.0), seen[1] - h)
-    box = (math.floor(left), math.floor(top), math.ceil(left + w), math.ceil(top + h))
-    return box[0], box[1], min(box[2], seen[0]), min(box[3], seen[1])
+    step = PATCH if snap else 1
+    x1, y1 = math.floor(left / step) * step, math.floor(top / step) * step
+    x2, y2 = math.ceil((left + w) / step) * step, math.ceil((top + h) / step) * step
+    return x1, y1, min(x2, seen[0]), min(y2, seen[1])
 
 
 def answer_turn(row: Mapping[str, Any]) -> str:
@@ -108,7 +113,8 @@ class EpisodeCollator:
         if key in self._episodes:
             self._episodes.move_to_end(key)
             return self._episodes[key]
-        zoom = sft_zoom(row, self.renderer.max_pixels, self.recipe.margin, self.recipe.min_region)
+        zoom = sft_zoom(row, self.renderer.max_pixels, self.recipe.margin, self.recipe.min_region,
+                        self.recipe.snap_to_patches)
         episode = self.renderer.render(row, zoom, answer_turn(row), self.recipe.reasoning)
         self._episodes[key] = episode
         while len(self._episodes) > self.recipe.cache_episodes:
