@@ -30,9 +30,10 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -473,10 +474,40 @@ class ImageSource:
         self._region_decodes = 0
 
     @classmethod
-    def open(cls, value: bytes | bytearray | str | Path, max_image_pixels: int | None = None) -> ImageSource:
-        """From file bytes or a path."""
-        data = value if isinstance(value, (bytes, bytearray)) else Path(value).read_bytes()
-        return cls(bytes(data), max_image_pixels)
+    def open(cls, value: Any, max_image_pixels: int | None = None) -> ImageSource:
+        """From what a row's ``image`` can hold: file bytes, a path, the ``{bytes, path}`` struct of the
+        sample schema, or a PIL image (already decoded: ``datasets`` decodes and EXIF-transposes it).
+
+        >>> ImageSource.open({"bytes": None, "path": "examples/vstar/doll.JPG"}).info.format
+        'MPO'
+        >>> ImageSource.open(Image.new("L", (400, 300))).crop(Box(0, 0, 200, 100), 50176).size
+        (196, 112)
+        """
+        if isinstance(value, ImageSource):
+            return value
+        if isinstance(value, Image.Image):
+            return cls.from_pil(value)
+        if isinstance(value, Mapping):
+            if value.get("bytes"):
+                return cls(value["bytes"], max_image_pixels)
+            if value.get("path"):
+                return cls(Path(value["path"]).read_bytes(), max_image_pixels)
+            raise ValueError("row image has neither bytes nor path")
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return cls(bytes(value), max_image_pixels)
+        if isinstance(value, (str, Path)):
+            return cls(Path(value).read_bytes(), max_image_pixels)
+        raise TypeError(f"cannot read an image from {type(value).__name__}")
+
+    @classmethod
+    def from_pil(cls, image: Image.Image) -> ImageSource:
+        """An image already decoded and displayed as it is (no EXIF orientation left to apply)."""
+        src = cls.__new__(cls)
+        src.data, src._im = b"", None
+        rgb = np.asarray(to_rgb(image))
+        src.info = ImageInfo(image.format or "PIL", (rgb.shape[1], rgb.shape[0]), 1, "RGB", 1, decoded_by="pillow")
+        src._full, src._coarse, src._region_decodes = rgb, {}, 0
+        return src
 
     @property
     def size(self) -> Size:
