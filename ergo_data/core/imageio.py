@@ -3,9 +3,11 @@
 JPEGs (and MPO, whose first frame is a JPEG) take the fast path: a libjpeg-turbo DCT-scaled decode
 (simplejpeg) straight to the smallest size that still covers the budget, then a libvips resize and the
 EXIF orientation on that small array. Every other format, odd mode (CMYK, 16-bit, palette+alpha, float)
-or multi-frame file goes through Pillow (first frame only). Unusable input raises ``DecodeError`` with a
-short ``reason`` code (``empty_file``, ``unreadable_image``, ``truncated_image``, ``corrupt_image``,
-``decompression_bomb``, ``extreme_aspect_ratio``) and a detail sentence.
+or multi-frame file goes through Pillow (first frame only), and so do JPEGs whose libjpeg warning is
+benign (junk bytes between segments: the pixels are intact; the warning is kept in
+``ImageInfo.decode_warning``). Unusable input raises ``DecodeError`` with a short ``reason`` code
+(``empty_file``, ``unreadable_image``, ``truncated_image``, ``corrupt_image``, ``decompression_bomb``,
+``extreme_aspect_ratio``) and a detail sentence.
 
 >>> data = open("examples/vstar/signicade.JPG", "rb").read()
 >>> view = decode_coarse(data, max_pixels=1280 * 28 * 28)
@@ -16,13 +18,18 @@ Traceback (most recent call last):
 ...
 ergo_data.core.imageio.DecodeError: zero-byte file
 
-The crop path (rollout, judges) decodes the full resolution once and derives both views from it:
+The crop path (rollout, judges, evaluation, data card) has one API, ``ImageSource``: the header at
+once, the coarse view DCT-scaled, a crop decoded no further down than its box (``decode_crop`` for a
+single crop). Boxes are on the displayed (EXIF-transposed) image:
 
->>> full, info = decode_full(data)
->>> coarse = coarse_from_full(full, info, 1280 * 28 * 28)
->>> crop = crop_from_full(full, info, Box(2193, 1350, 2285, 1482), 1280 * 28 * 28)
->>> coarse.array.shape, crop.shape
-((784, 1232, 3), (140, 84, 3))
+>>> src = ImageSource(data)
+>>> coarse = src.coarse(1280 * 28 * 28)
+>>> crop = src.crop(Box(2193, 1350, 2285, 1482), 1280 * 28 * 28)
+>>> coarse.size, crop.size
+((1232, 784), (84, 140))
+
+The lower-level pieces stay public: ``decode_full`` (stored-frame full resolution), ``coarse_from_full``
+and ``crop_from_full`` (views cut from it).
 """
 
 from __future__ import annotations
