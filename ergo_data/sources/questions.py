@@ -127,7 +127,7 @@ class QuestionsSource(Source):
         """Crop boxes from the image, decoded once in full (every object's box is cut from it)."""
         src = ImageSource(image.image_path.read_bytes())
         if image.objects:
-            src.full_array()  # decode now: a bad image is one reject, not a crash later; then every crop is a cut
+            src.load()  # decode now: a bad image is one reject, not a crash later; then every crop is a cut
 
         def pixels_of(box: Box) -> np.ndarray:
             return src.crop_array(box, self.params.colour_max_pixels)

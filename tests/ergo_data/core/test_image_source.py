@@ -114,3 +114,18 @@ def test_non_jpeg_and_cmyk_go_through_pillow_unchanged():
         assert np.array_equal(src.crop_array(box, BUDGET), today(data, box, BUDGET))
         assert src.info.decoded_by == "pillow"
         assert np.array_equal(np.asarray(src.full()), np.asarray(imageio.open_rgb(data)))
+
+
+def test_reused_decode_buffers_never_alias_a_live_source():
+    datas = [encode(photo(640, 480, seed=s), "JPEG", quality=90) for s in range(3)]
+    box = Box(100, 100, 400, 300)
+    expected = [today(d, box, BUDGET) for d in datas]
+    a, b = ImageSource(datas[0]), ImageSource(datas[1])
+    a.load()
+    b.load()
+    del a  # its buffer becomes the spare one...
+    c = ImageSource(datas[2])
+    c.load()  # ...and c decodes into it, while b is still alive
+    for src, want in ((b, expected[1]), (c, expected[2])):
+        for _ in range(2):
+            assert np.array_equal(src.crop_array(box, BUDGET), want)
