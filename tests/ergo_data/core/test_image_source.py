@@ -123,9 +123,11 @@ def test_reused_decode_buffers_never_alias_a_live_source():
     a, b = ImageSource(datas[0]), ImageSource(datas[1])
     a.load()
     b.load()
+    a_buffer = a._buf
     del a  # its buffer becomes the spare one...
     c = ImageSource(datas[2])
     c.load()  # ...and c decodes into it, while b is still alive
+    assert c._buf is a_buffer and b._buf is not a_buffer
     for src, want in ((b, expected[1]), (c, expected[2])):
         for _ in range(2):
             assert np.array_equal(src.crop_array(box, BUDGET), want)
