@@ -443,9 +443,9 @@ def open_rgb(data: bytes, max_image_pixels: int | None = None) -> Image.Image:
 # ---- the crop path: one image, decoded only as far as each view needs ------------------------------
 # Below this fraction of the stored height, a coarse view + one crop costs less as two decodes (the
 # DCT-scaled coarse view, then the rows down to the crop's bottom) than as one full-resolution decode
-# both views are cut from. Measured with benchmarks/curation.py --sweep on 12 and 35 MP JPEGs: the
-# break-even lies at 0.27 (12 MP) to 0.48 (35 MP) of the height.
-REGION_FIRST_MAX_BOTTOM = 0.35
+# both views are cut from (into a reused buffer). Measured on the benchmark's 12 and 35 MP JPEGs (each
+# plan forced, small box): the break-even lies at about 0.2 (12 MP) to 0.35 (35 MP) of the height.
+REGION_FIRST_MAX_BOTTOM = 0.3
 
 
 _SPARE = threading.local()  # per thread: one spare full-resolution decode buffer (ImageSource._full_array)
