@@ -37,7 +37,7 @@ from PIL import Image
 
 from ergo_data.core.boxes import Box
 from ergo_data.core.imageio import ImageSource
-from ergo_train.rollout.parsing import answer_matches, normalize_answer
+from ergo_train.rollout.matching import answer_matches, normalize_answer
 from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels, fit_aspect
 
 DEFAULT_MAX_PIXELS = budget_max_pixels(DEFAULT_BUDGET_TOKENS)
