@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from ergo_data.core.boxes import Box, Size, rotate_box_with_exif
-from ergo_data.core.imageio import DecodeError, crop_from_full, decode_coarse, decode_full, read_info
+from ergo_data.core.imageio import DecodeError, ImageSource, decode_coarse, read_info
 from ergo_data.core.vision import box_size_at_budget, derived_columns, vision_tokens
 from ergo_data.pipeline.outputs import read_parts
 from ergo_data.stages.decode import boxes_frame, load_image_bytes
@@ -117,21 +117,23 @@ def display_box(row: dict[str, Any], size: Size, stored_size: Size, orientation:
 
 
 def load_views(row: dict[str, Any], max_pixels: int, data: bytes | None = None, with_crop: bool = True) -> Views:
-    """Decode the row's image to the coarse view at ``max_pixels`` and crop the box at full resolution."""
-    data = load_image_bytes(row) if data is None else data
-    cv = decode_coarse(data, max_pixels)
+    """Decode the row's image to the coarse view at ``max_pixels`` and crop the box at full resolution
+    (``ImageSource.views``: the cheaper of a DCT-scaled view + region-limited crop, or one full decode)."""
+    src = ImageSource(load_image_bytes(row) if data is None else data)
+    info = src.info
     box = box_error = crop = crop_error = None
     try:
-        box = display_box(row, cv.size, cv.info.stored_size, cv.info.orientation)
+        box = display_box(row, src.size, info.stored_size, info.orientation)
     except ValueError as e:  # BoxError is a ValueError
         box_error = str(e)
     if box is not None and with_crop:
-        full, info = decode_full(data)
         try:
-            crop = Image.fromarray(crop_from_full(full, info, box, max_pixels))
+            crop = Image.fromarray(src.views(max_pixels, box)[1])
+        except DecodeError:
+            raise
         except ValueError as e:  # crop aspect ratio beyond what the model accepts
             crop_error = str(e)
-    return Views(cv.size, cv.to_pil(), box, box_error, crop, crop_error or box_error)
+    return Views(src.size, src.coarse(max_pixels), box, box_error, crop, crop_error or box_error)
 
 
 def box_on_view(box: Box, size: Size, view_size: Size) -> Box:

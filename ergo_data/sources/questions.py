@@ -23,7 +23,7 @@ from pydantic import Field
 
 from ergo_data.core.boxes import Box
 from ergo_data.core.errors import RecipeError
-from ergo_data.core.imageio import DecodeError, crop_from_full, decode_full
+from ergo_data.core.imageio import DecodeError, ImageSource
 from ergo_data.core.schema import BOX_SOURCES, make_row
 from ergo_data.pipeline.contract import Reject, Source, SourceParams
 from ergo_data.pipeline.registry import source_registry
@@ -124,14 +124,12 @@ class QuestionsSource(Source):
             )
 
     def _pixel_reader(self, image: AnnotatedImage):
-        """Decode the image once (lazily, on the first colour question) and crop boxes from it."""
-        cache: dict[str, Any] = {}
+        """Crop boxes from the image, decoded once in full (every object's box is cut from it)."""
+        src = ImageSource(image.image_path.read_bytes())
+        if image.objects:
+            src.load()  # decode now: a bad image is one reject, not a crash later; then every crop is a cut
 
         def pixels_of(box: Box) -> np.ndarray:
-            if "full" not in cache:
-                cache["full"], cache["info"] = decode_full(image.image_path.read_bytes())
-            return crop_from_full(cache["full"], cache["info"], box, self.params.colour_max_pixels)
+            return src.crop_array(box, self.params.colour_max_pixels)
 
-        if image.objects:
-            pixels_of(image.objects[0].box)  # decode now so that a bad image is one reject, not a crash later
         return pixels_of

@@ -1,7 +1,9 @@
 """``decode``: open each image once, record width/height/sha256/pHash and the derived columns.
 
 Bad images (missing, zero-byte, truncated, corrupt, decompression bombs, unreadable formats) are
-rejected with a reason; the run continues. Boxes given on the stored frame (``boxes_frame: stored``
+rejected with a reason; the run continues. Images that decode with a non-fatal libjpeg warning
+("Corrupt JPEG data: 33 extraneous bytes before marker 0xd9": junk between segments, the pixels
+intact) are kept, the warning recorded in the sample's ``provenance`` as ``decode_warning``. Boxes given on the stored frame (``boxes_frame: stored``
 in the source) are rotated with the EXIF orientation here. The stage keeps no pixels: later stages use
 the recorded size and pHash; only tools that crop (rollout, judges) decode the full resolution again.
 
@@ -50,6 +52,21 @@ def load_image_bytes(row: dict[str, Any]) -> bytes:
     return Path(img["path"]).read_bytes()
 
 
+def with_provenance(row: dict[str, Any], **facts: Any) -> str:
+    """The row's ``provenance`` JSON with ``facts`` added (an unreadable one is kept under ``original``).
+
+    >>> with_provenance({"provenance": '{"generator": "v"}'}, decode_warning="w")
+    '{"decode_warning": "w", "generator": "v"}'
+    """
+    try:
+        prov = json.loads(row.get("provenance") or "{}")
+    except ValueError:
+        prov = {"original": row.get("provenance")}
+    if not isinstance(prov, dict):
+        prov = {"original": prov}
+    return json.dumps({**prov, **facts}, sort_keys=True)
+
+
 def boxes_frame(row: dict[str, Any]) -> str:
     """``stored`` when the source's boxes refer to raw pixels before EXIF orientation, else ``displayed``."""
     try:
@@ -85,6 +102,7 @@ class _Decoded:
     size: tuple[int, int]
     info: ImageInfo
     phash: str
+    warning: str | None = None  # the libjpeg warning of an image kept despite it
 
 
 @stage_registry.register("decode")
@@ -106,7 +124,8 @@ class DecodeStage(RowStage):
             return cache[sha]
         try:
             view = decode_coarse(data, self.params.max_pixels, self.params.max_image_pixels)
-            result: _Decoded | DecodeError = _Decoded(view.size, view.info, phash_hex(view.array))
+            result: _Decoded | DecodeError = _Decoded(view.size, view.info, phash_hex(view.array),
+                                                      view.info.decode_warning)
         except DecodeError as e:
             result = e
         except Exception as e:  # noqa: BLE001 - a decoder bug must not kill the run: the sample leaves with a reason
@@ -134,6 +153,8 @@ class DecodeStage(RowStage):
         out["image_phash"] = view.phash
         if self.params.embed_images:
             out["image"] = {"bytes": data, "path": path if path != "<embedded bytes>" else None}
+        if view.warning:
+            out["provenance"] = with_provenance(row, decode_warning=view.warning)
         if boxes_frame(row) == "stored":
             out["boxes"] = rotate_stored_boxes(list(row.get("boxes") or []), view.info)
         out.update(derived_columns(view.size, _valid_boxes(out.get("boxes"))))

@@ -9,8 +9,9 @@ r_region; the paper uses a frozen Qwen2.5-VL-72B). Three kinds, built by name wi
   text questions (signs, logos with words, boards). Reads nothing -> not answerable.
 - ``stored``: human ``region_answerable`` labels (the Label Studio pull) looked up by sample id and box.
 
-``judge_regions`` crops the original images (``ergo_train.rollout.zoom.crop_at_budget``) and caches verdicts by
-(judge, image sha256, box, question, options, answer, view) in a ``JudgeCache`` (memory, or SQLite on disk).
+``judge_regions`` crops the original images (``ergo_data.core.imageio.ImageSource``: region-limited decode, crops
+sized as ``crop_at_budget``) and caches verdicts by (judge, image sha256, box, question, options, answer, view) in a
+``JudgeCache`` (memory, or SQLite on disk).
 
 >>> judge = build_judge({"type": "stored", "labels": [{"id": "s/1", "region_answerable": True,
 ...     "x1": 10.0, "y1": 10.0, "x2": 20.0, "y2": 20.0}]})
@@ -35,8 +36,9 @@ from typing import Any
 from PIL import Image
 
 from ergo_data.core.boxes import Box
+from ergo_data.core.imageio import ImageSource
 from ergo_train.rollout.matching import answer_matches, normalize_answer
-from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels, crop_at_budget
+from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels, fit_aspect
 
 DEFAULT_MAX_PIXELS = budget_max_pixels(DEFAULT_BUDGET_TOKENS)
 
@@ -546,9 +548,8 @@ def _cache_identity(q: RegionQuery) -> str:
 
 
 def judge_regions(judge: Judge, queries: Sequence[RegionQuery], cache: JudgeCache | None = None) -> list[Verdict]:
-    """Verdicts for ``queries``: cached ones first; the rest cropped (each image decoded once) and batched."""
-    from ergo_train.rollout.env import row_image
-
+    """Verdicts for ``queries``: cached ones first; the rest cropped (``ImageSource``: region-limited, each
+    image decoded at most once) and batched."""
     verdicts: list[Verdict | None] = [None] * len(queries)
     keys: list[str | None] = [None] * len(queries)
     todo: list[int] = []
@@ -569,16 +570,17 @@ def judge_regions(judge: Judge, queries: Sequence[RegionQuery], cache: JudgeCach
             verdicts[i] = cache.get(key)
         if verdicts[i] is None:
             todo.append(i)
-    decoded: dict[Any, Image.Image] = {}
-    requests = []
+    sources: dict[Any, ImageSource] = {}  # one per image: the first crop decodes no row below its box,
+    requests = []  # a second decodes the image once and every further crop is a cut
     for i in todo:
         q = queries[i]
         crop = q.crop
         if crop is None and judge.needs_image:
             key = q.image_sha256 or (q.image.get("path") if isinstance(q.image, Mapping) else None) or id(q.image)
-            if key not in decoded:
-                decoded[key] = row_image(q.image)
-            crop = crop_at_budget(decoded[key], q.box, judge.max_pixels)
+            if key not in sources:
+                sources[key] = ImageSource.open(q.image)
+            src = sources[key]
+            crop = src.crop(fit_aspect(q.box, src.size), judge.max_pixels)
         requests.append(JudgeRequest(crop, q.question, list(q.options), q.answer, q.answer_letter, q.sample_id, q.box))
     for i, v in zip(todo, judge.judge_batch(requests) if requests else []):
         verdicts[i] = v

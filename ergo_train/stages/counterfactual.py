@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageStat
 
 from ergo_data.core.boxes import Box, BoxError
 from ergo_data.core.errors import RecipeError
+from ergo_data.core.imageio import ImageSource
 from ergo_data.core.vision import budget_pixels
 from ergo_data.pipeline.contract import Params, Reject, RowStage
 from ergo_data.pipeline.registry import stage_registry
@@ -45,36 +46,37 @@ from ergo_train.rewards.judges import (
     build_judge,
     judge_regions,
 )
-from ergo_train.rollout.zoom import coarse_view, crop_at_budget, region_of
+from ergo_train.rollout.zoom import fit_aspect, region_of
 
 VIEWS = ("full", "low", "crop", "masked")
 DEFAULT_MAX_PIXELS = budget_pixels(1280)
 DEFAULT_LOW_MAX_PIXELS = budget_pixels(256)
 
 
-def counterfactual_views(image: Image.Image, box: Box, max_pixels: int = DEFAULT_MAX_PIXELS,
+def counterfactual_views(image: Image.Image | ImageSource, box: Box, max_pixels: int = DEFAULT_MAX_PIXELS,
                          low_max_pixels: int = DEFAULT_LOW_MAX_PIXELS) -> dict[str, Image.Image]:
-    """The four views of ``image`` for the region ``box`` (canonical, on the original image)."""
-    full, size = coarse_view(image, max_pixels)
-    low, _ = coarse_view(image, low_max_pixels)
+    """The four views of ``image`` (a PIL image or an ``ImageSource``) for the region ``box`` (canonical,
+    on the original image). From a source, no view needs the full resolution except the crop's rows."""
+    src = ImageSource.open(image)
+    coarse, crop = src.views(max_pixels, fit_aspect(box, src.size))
+    full, size = coarse.to_pil(), src.size
+    low = src.coarse(low_max_pixels)
     masked = full.copy()
-    x1, y1, x2, y2 = box.to_model(size, image.size)
+    x1, y1, x2, y2 = box.to_model(full.size, size)
     fill = tuple(round(c) for c in ImageStat.Stat(full).mean[:3])
     # one pixel outward so no edge of the region survives the resize
     ImageDraw.Draw(masked).rectangle([math.floor(x1) - 1, math.floor(y1) - 1, math.ceil(x2), math.ceil(y2)], fill=fill)
-    return {"full": full, "low": low, "crop": crop_at_budget(image, box, max_pixels), "masked": masked}
+    return {"full": full, "low": low, "crop": Image.fromarray(crop, "RGB"), "masked": masked}
 
 
 def judge_counterfactuals(judge: Judge, row: Mapping[str, Any], *, max_pixels: int = DEFAULT_MAX_PIXELS,
                           low_max_pixels: int = DEFAULT_LOW_MAX_PIXELS,
                           cache: JudgeCache | None = None) -> dict[str, Any]:
     """The judge's verdict on each view of one sample, as ``cf_*`` columns (batched: one judge call)."""
-    from ergo_train.rollout.env import row_image
-
     if not judge.needs_image:
         raise JudgeError(f"judge {judge.name!r} does not look at images: counterfactual views need vlm or ocr")
     box = region_of(row)
-    views = counterfactual_views(row_image(row["image"]), box, max_pixels, low_max_pixels)
+    views = counterfactual_views(ImageSource.open(row["image"]), box, max_pixels, low_max_pixels)
     queries = [RegionQuery(image=row["image"], box=box, question=row["question"], options=list(row.get("options") or []),
                            answer=row["answer"], answer_letter=row.get("answer_letter"), sample_id=row.get("id"),
                            image_sha256=row.get("image_sha256"), view=f"{name}@{max_pixels}/{low_max_pixels}",

@@ -158,6 +158,8 @@ def build_corpus(root: Path) -> tuple[dict, list[Case]]:
           ext="png", bbox=[[1, 1, 2, 2]])
     vstar("png_named_jpg", encode(card, "PNG"), "kept")  # wrong extension: the content decides
     vstar("jpeg_named_png", jpeg, "kept", ext="png")
+    # libjpeg warns "Corrupt JPEG data: N extraneous bytes before marker 0xd9"; the pixels are intact
+    vstar("extraneous_bytes_before_eoi", jpeg[:-2] + bytes(range(1, 34)) + jpeg[-2:], "kept")
     vstar("cmyk_jpeg", encode(Image.fromarray(card).convert("CMYK"), "JPEG", quality=95), "kept")
     vstar("grey16_png", grey16_png(card), "kept", ext="png")
     vstar("rgb16_png", rgb16_png(card), "kept", ext="png")

@@ -6,6 +6,7 @@ The corpus (tests/data/make_bad_inputs.py) is built into a temporary folder: abo
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pyarrow.parquet as pq
@@ -54,6 +55,9 @@ def test_every_case_ends_as_expected(corpus_run):
                     problems.append(f"{c.id}: box {b} != {c.box}")
             if len(row["image_sha256"]) != 64 or len(row["image_phash"]) != 16:
                 problems.append(f"{c.id}: sha256/pHash not recorded")
+            warning = json.loads(row["provenance"]).get("decode_warning")
+            if (warning is not None) != c.id.endswith("extraneous_bytes_before_eoi"):
+                problems.append(f"{c.id}: unexpected decode_warning {warning!r} in provenance")
         else:
             got = [r for r in rejects_by_id.get(c.id, []) if r["reason"] == c.outcome]
             if len(got) != 1:
