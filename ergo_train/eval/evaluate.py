@@ -36,7 +36,7 @@ from typing import Any
 from PIL import Image
 
 from ergo_data.core.boxes import Box
-from ergo_data.core.imageio import DecodeError
+from ergo_data.core.imageio import DecodeError, ImageSource
 from ergo_train.eval.loaders import LETTERS, BadItem, BenchItem
 from ergo_train.rollout.chat import ChatBackend, TransformersChat
 from ergo_train.rollout.env import turn2_text, two_turn_rollout
@@ -230,10 +230,11 @@ def evaluate_item(item: BenchItem | BadItem, mode: str, chat: ChatBackend | None
     return rec
 
 
-def decode_item_image(item: BenchItem) -> Image.Image | Exception:
-    """The full-resolution image, or the exception that decoding raised (recorded, not raised)."""
+def decode_item_image(item: BenchItem) -> ImageSource | Exception:
+    """The item's image for the crop path (its header read; pixels decoded where a view or a crop needs them),
+    or the exception that reading it raised (recorded, not raised)."""
     try:
-        return item.load_image()
+        return ImageSource.open(item.read_bytes())
     except Exception as e:  # noqa: BLE001 - an unreadable image is a failed record in every mode
         return e
 

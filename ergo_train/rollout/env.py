@@ -52,6 +52,7 @@ from typing import Any
 from PIL import Image
 
 from ergo_data.core.boxes import Box, Size
+from ergo_data.core.imageio import ImageSource
 from ergo_data.core.vision import resized_size, vision_tokens
 from ergo_train.rollout.chat import ChatBackend
 from ergo_train.rollout.parsing import (
@@ -133,10 +134,15 @@ def row_image(value: Any) -> Image.Image:
     raise TypeError(f"cannot read a row image from {type(value).__name__}")
 
 
+def row_source(value: Any) -> ImageSource:
+    """A row's ``image`` for the crop path: the header now, pixels only where a view or a crop needs them."""
+    return ImageSource.open(value)
+
+
 def _seen_size(row: Mapping[str, Any], max_pixels: int) -> Size:
     if row.get("width") and row.get("height"):
         return resized_size((int(row["width"]), int(row["height"])), max_pixels)
-    return resized_size(row_image(row["image"]).size, max_pixels)
+    return resized_size(row_source(row["image"]).size, max_pixels)
 
 
 def build_turn1_prompt(row: Mapping[str, Any], max_pixels: int) -> list[dict[str, Any]]:
@@ -151,7 +157,7 @@ def build_turn1_prompt(row: Mapping[str, Any], max_pixels: int) -> list[dict[str
 
 def build_turn1_messages(row: Mapping[str, Any], max_pixels: int) -> list[dict[str, Any]]:
     """Turn 1 with the coarse view inside, for ``processor.apply_chat_template`` + ``model.generate``."""
-    view, size = coarse_view(row_image(row["image"]), max_pixels)
+    view, size = coarse_view(row_source(row["image"]), max_pixels)
     return [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
             {"role": "user", "content": [{"type": "image", "image": view},
                                          {"type": "text", "text": turn1_text(row["question"], size)}]}]
@@ -181,7 +187,7 @@ class ZoomEnv:
 
     def _clear(self) -> None:
         self.row: dict[str, Any] = {}
-        self.image: Image.Image | None = None
+        self.image: ImageSource | None = None
         self.seen_size: Size | None = None
         self.vision_tokens: list[int] = []
         self.zooms: list[ZoomResult] = []
@@ -192,7 +198,7 @@ class ZoomEnv:
         if row.get("image") is None or not row.get("question"):
             raise ValueError(f"sample {row.get('id')!r}: the rollout needs 'image' and 'question'")
         self.row = dict(row)
-        self.image = row_image(row["image"])
+        self.image = row_source(row["image"])
         self.seen_size = resized_size(self.image.size, self.max_pixels)
         self.vision_tokens = [vision_tokens(self.image.size, self.max_pixels)]
         # the prompt column already holds turn 1

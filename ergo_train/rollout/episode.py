@@ -33,7 +33,7 @@ from typing import Any
 
 from PIL import Image
 
-from ergo_train.rollout.env import ZoomEnv, build_turn1_prompt, row_image
+from ergo_train.rollout.env import ZoomEnv, build_turn1_prompt, row_source
 from ergo_train.rollout.parsing import ZOOM_ARGS, ZOOM_TOOL
 from ergo_train.rollout.zoom import coarse_view
 
@@ -118,7 +118,7 @@ class EpisodeRenderer:
                reasoning: str = DEFAULT_REASONING) -> Episode:
         """The episode in which the policy zooms on ``zoom`` (pixels of the coarse view) and answers ``answer``
         (the whole turn-2 text, e.g. ``<answer>B</answer>``); the crop is the one ``ZoomEnv`` returns."""
-        image = row_image(row["image"])
+        image = row_source(row["image"])
         view, _ = coarse_view(image, self.max_pixels)
         _, prompt_ids = self.prompt(row, view)
         text1 = self.turn1_text(zoom, reasoning)

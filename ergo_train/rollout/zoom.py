@@ -25,6 +25,7 @@ from typing import Any
 from PIL import Image
 
 from ergo_data.core.boxes import Box, BoxError, Size
+from ergo_data.core.imageio import ImageSource
 from ergo_data.core.vision import (
     MAX_ASPECT_RATIO,
     PATCH,
@@ -51,15 +52,23 @@ class ZoomResult:
     too_small: bool = False  # the crop's short side at the budget is under one patch: the model saw nothing of it
 
 
-def coarse_view(image: Image.Image, max_pixels: int) -> tuple[Image.Image, Size]:
-    """The turn-1 view: ``image`` resized to Qwen's smart_resize at ``max_pixels``; returns (view, size)."""
+def coarse_view(image: Image.Image | ImageSource, max_pixels: int) -> tuple[Image.Image, Size]:
+    """The turn-1 view: ``image`` resized to Qwen's smart_resize at ``max_pixels``; returns (view, size).
+
+    An ``ImageSource`` (file bytes) gives its DCT-scaled view, decoded at the smallest scale that covers it:
+    training, SFT episodes and evaluation all pass one, so every turn 1 sees the same pixels."""
     size = resized_size(image.size, max_pixels)
+    if isinstance(image, ImageSource):
+        return image.coarse(max_pixels), size
     view = image if image.size == size else image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
     return view, size
 
 
-def crop_at_budget(image: Image.Image, box: Box, max_pixels: int) -> Image.Image:
-    """Crop ``box`` from the full-resolution ``image`` and resize the crop under ``max_pixels``."""
+def crop_at_budget(image: Image.Image | ImageSource, box: Box, max_pixels: int) -> Image.Image:
+    """Crop ``box`` from the full-resolution ``image`` and resize the crop under ``max_pixels`` (an
+    ``ImageSource`` decodes only the rows it needs; the same pixels)."""
+    if isinstance(image, ImageSource):
+        return image.crop(fit_aspect(box, image.size), max_pixels)
     crop = image.crop(fit_aspect(box, image.size).integer(image.size))
     size = resized_size(crop.size, max_pixels)
     return crop if crop.size == size else crop.resize(size, Image.Resampling.BICUBIC)
@@ -81,7 +90,7 @@ def fit_aspect(box: Box, size: Size, max_ratio: float = MAX_ASPECT_RATIO / 2) ->
     return Box(x1, y1, min(x1 + w, size[0]), min(y1 + h, size[1]))
 
 
-def zoom_crop(image: Image.Image, xyxy: Sequence[Any] | None, seen_size: Size, max_pixels: int) -> ZoomResult:
+def zoom_crop(image: Image.Image | ImageSource, xyxy: Sequence[Any] | None, seen_size: Size, max_pixels: int) -> ZoomResult:
     """Map a zoom box from the coarse view (``seen_size``) to the original, crop at full res, resize.
 
     Malformed boxes (not 4 finite numbers, inverted, wholly outside) return the whole coarse view with

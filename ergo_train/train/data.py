@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ergo_data.core.errors import RecipeError
-from ergo_train.rollout.env import build_turn1_prompt, row_image
+from ergo_train.rollout.env import build_turn1_prompt, row_source
 from ergo_train.rollout.zoom import coarse_view
 from ergo_train.train.recipe import DataSpec
 
@@ -43,10 +43,13 @@ def load_curated(spec: DataSpec, max_pixels: int):
 
 
 def load_split(spec: DataSpec):
-    """The curated rows of ``spec`` (its split, its limit) as a ``datasets.Dataset``, ``image`` decoded to PIL."""
+    """The curated rows of ``spec`` (its split, its limit) as a ``datasets.Dataset``; ``image`` stays the
+    ``{bytes, path}`` of the file (not decoded), so the coarse view and the crop decode only what they need."""
     import datasets
 
     ds = datasets.load_dataset("parquet", data_files=parquet_files(spec.path), split="train")
+    if "image" in ds.column_names:
+        ds = ds.cast_column("image", datasets.Image(decode=False))
     missing = [c for c in REQUIRED_COLUMNS if c not in ds.column_names]
     if missing:
         raise RecipeError(f"curated set {spec.path!r} lacks columns {missing} (has {ds.column_names})")
@@ -69,7 +72,7 @@ def _turn1_transform(max_pixels: int):
         n = len(batch["id"])
         rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
         batch["prompt"] = [build_turn1_prompt(r, max_pixels) for r in rows]
-        batch["images"] = [[coarse_view(row_image(r["image"]), max_pixels)[0]] for r in rows]
+        batch["images"] = [[coarse_view(row_source(r["image"]), max_pixels)[0]] for r in rows]
         return batch
 
     return transform

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ergo_data.core.boxes import Box
 from ergo_data.core.errors import RecipeError
+from ergo_data.core.imageio import ImageSource
 from ergo_data.core.vision import resized_size
 from ergo_train.models.loaders import load_model
 from ergo_train.rewards.reward_set import StepMetrics, build_reward_funcs
@@ -97,7 +98,8 @@ def test_rewards_got_the_dataset_columns_and_the_environments(trained):
             n = len(kw["completions"])
             assert n == 4 and len(kw["id"]) == n and len(kw["environments"]) == n
             assert all(isinstance(env, ZoomEnv) for env in kw["environments"])
-            assert all(isinstance(im, Image.Image) for im in kw["image"])  # the full-resolution original
+            # the original's file, not decoded: the tool and the rewards decode only what they crop
+            assert all(isinstance(im, dict) and (im["bytes"] or im["path"]) for im in kw["image"])
 
 
 def test_each_rollout_did_two_turns_with_a_crop_of_the_expected_size(trained):
@@ -116,7 +118,7 @@ def test_each_rollout_did_two_turns_with_a_crop_of_the_expected_size(trained):
             x1, y1, x2, y2 = fit_aspect(box, size).integer(size)
             image_block, text_block = completion[1]["content"][:2]
             assert image_block["image"].size == resized_size((x2 - x1, y2 - y1), mp)
-            assert kw["image"][i].size == size
+            assert ImageSource.open(kw["image"][i]).size == size
             text = text_block["text"]
             assert text.startswith(kw["question"][i]) and ANSWER_INSTRUCTION in text
             assert all(f"{chr(65 + j)}. {o}" in text for j, o in enumerate(kw["options"][i]))
@@ -266,7 +268,7 @@ def test_curated_rows_carry_the_turn1_prompt_and_the_coarse_view(demo_set):
     row = ds[0]
     assert row["split"] == "train"
     seen = resized_size((row["width"], row["height"]), recipe.max_pixels)
-    assert row["images"][0].size == seen and row["image"].size == (row["width"], row["height"])
+    assert row["images"][0].size == seen and ImageSource.open(row["image"]).size == (row["width"], row["height"])
     assert [m["role"] for m in row["prompt"]] == ["system", "user"]
     user = row["prompt"][1]["content"]
     assert user.startswith(row["question"]) and f"{seen[0]}x{seen[1]}" in user
