@@ -5,7 +5,8 @@
     ergo ls pull --project "demo review" --out out/demo-review
 
 Errors (server down, wrong token, timeouts, bad input) are printed as one sentence that names the URL
-or the item and what to do, and the exit code is non-zero.
+or the item and what to do; the exit code is 2 for a usage or configuration error (no token, a bad URL,
+unset server credentials) and 1 for a failure while working (server unreachable, items not converted).
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+from ergo_data.cli.common import FAILURE_EXIT, USAGE_EXIT, cli_errors, console, err, fail
 
 URL_HELP = "Label Studio URL (env LABEL_STUDIO_URL)"
 KEY_HELP = "API token (env LABEL_STUDIO_API_KEY)"
@@ -28,18 +27,11 @@ KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="LABEL_STUDIO
 TimeoutOption = Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per request")]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 def _connection(url: str, api_key: str | None, timeout: float):
-    from ergo_data.labelstudio.client import Connection, LabelStudioError
+    from ergo_data.labelstudio.client import Connection
 
-    try:
+    with cli_errors(code=USAGE_EXIT):  # no token, a URL that is not http(s)
         return Connection(url, api_key or "", timeout)
-    except LabelStudioError as e:
-        _fail(str(e))
 
 
 def push(
@@ -60,14 +52,11 @@ def push(
     timeout: TimeoutOption = 60.0,
 ) -> None:
     """Import samples as tasks (boxes as predictions); samples already in the project are skipped."""
-    from ergo_data.labelstudio.client import LabelStudioError
     from ergo_data.labelstudio.push import push as do_push
 
     conn = _connection(url, api_key, timeout)
-    try:
+    with cli_errors(usage=(ValueError,)):  # no samples, a bad --where
         report = do_push(samples_dir, project, conn, where=where, limit=limit, log=console.print)
-    except (LabelStudioError, ValueError) as e:
-        _fail(str(e))
     table = Table(title=f"push to {report.project!r} (project id {report.project_id}) at {report.url}")
     for col in ("selected", "already there", "created", "images uploaded", "images reused", "failed"):
         table.add_column(col, justify="right")
@@ -89,7 +78,7 @@ def push(
     if report.failed:
         for sid, why in report.failed:
             err.print(f"  not pushed: {sid}: {why}", highlight=False)
-        _fail(f"{len(report.failed)} samples were not pushed (listed above); fix them and push again")
+        fail(f"{len(report.failed)} samples were not pushed (listed above); fix them and push again", FAILURE_EXIT)
 
 
 def pull(
@@ -102,14 +91,11 @@ def pull(
     timeout: TimeoutOption = 60.0,
 ) -> None:
     """Export annotations: reviewed Samples (human boxes, source=human) and the `labels` table."""
-    from ergo_data.labelstudio.client import LabelStudioError
     from ergo_data.labelstudio.pull import pull as do_pull
 
     conn = _connection(url, api_key, timeout)
-    try:
+    with cli_errors():
         report = do_pull(project, out, conn, log=console.print)
-    except LabelStudioError as e:
-        _fail(str(e))
     console.print(
         f"{report.tasks} tasks: {report.samples} reviewed samples -> {out}/data, "
         f"{report.labels} labels -> {out}/labels.parquet"
@@ -124,9 +110,10 @@ def pull(
     if report.errors:
         for line in report.errors:
             err.print(f"  {line}", highlight=False)
-        _fail(
+        fail(
             f"{len(report.errors)} tasks could not be converted (listed above); fix them in Label Studio "
-            "and pull again"
+            "and pull again",
+            FAILURE_EXIT,
         )
 
 
@@ -149,22 +136,17 @@ def serve(
     ] = 600.0,
 ) -> None:
     """Start Label Studio; admin + token from LABEL_STUDIO_USERNAME/_PASSWORD/_USER_TOKEN. Ctrl-C stops it."""
-    from ergo_data.labelstudio.server import (
-        DEFAULT_VENV,
-        LabelStudioServer,
-        LabelStudioServerError,
-        ServerSettings,
-    )
+    from ergo_data.labelstudio.server import DEFAULT_VENV, LabelStudioServer, ServerSettings, label_studio_exe
 
-    try:
+    with cli_errors(code=USAGE_EXIT):  # unset credentials, no server venv
         settings = ServerSettings.from_env(
             data_dir.resolve(), host, port, document_root.resolve() if document_root else None
         )
         server = LabelStudioServer(settings, venv or DEFAULT_VENV)
+        label_studio_exe(server.venv)
+    with cli_errors():
         console.print(f"starting Label Studio on {settings.url} (data in {settings.data_dir}) ...")
         server.start(timeout=start_timeout)
-    except LabelStudioServerError as e:
-        _fail(str(e))
     console.print(f"[bold green]Label Studio is up:[/] {server.url}  (log: {server.log_path})")
     console.print(f"  export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=$LABEL_STUDIO_USER_TOKEN")
     console.print(
@@ -177,7 +159,8 @@ def serve(
     signal.signal(signal.SIGTERM, on_term)
     try:
         code = server.proc.wait()
-        _fail(f"Label Studio exited on its own with code {code}; log {server.log_path}:\n{server.log_tail()}")
+        fail(f"Label Studio exited on its own with code {code}; log {server.log_path}:\n{server.log_tail()}",
+             FAILURE_EXIT)
     except KeyboardInterrupt:
         console.print("stopping Label Studio ...")
     finally:

@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from ergo_data.core.errors import ErgoError
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 IMAGE_STORE_TITLE = "ergo image store"
 REGION_LABEL = "region"
@@ -46,7 +48,7 @@ LABEL_CONFIG = """<View>
 IMAGE_STORE_CONFIG = '<View><Image name="image" value="$image"/></View>'
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioError(ErgoError, RuntimeError):
     """A Label Studio call that failed; the message names the server URL and what to do."""
 
 

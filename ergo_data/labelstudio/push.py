@@ -254,8 +254,10 @@ def push(
 ) -> PushReport:
     """Create or reuse ``project`` and import the selected samples that are not in it yet.
 
-    >>> push("out/demo", "demo review", Connection(DEFAULT_URL, "token"))  # doctest: +SKIP
-    PushReport(project='demo review', project_id=1, ..., created=9, ...)
+    With a server running (``tests/ergo_data/labelstudio/test_labelstudio.py`` starts one)::
+
+        push("out/demo", "demo review", Connection(DEFAULT_URL, "token"))
+        # PushReport(project='demo review', project_id=1, ..., created=9, ...)
     """
     rows = select_samples(samples_dir, where, limit)
     with server_errors(conn):

@@ -26,6 +26,8 @@ from typing import Self
 
 import httpx
 
+from ergo_data.core.errors import ErgoError
+
 LS_VERSION = "1.23.2"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = REPO_ROOT / ".venv-ls"
@@ -39,7 +41,7 @@ _MIGRATE = (
 )
 
 
-class LabelStudioServerError(RuntimeError):
+class LabelStudioServerError(ErgoError, RuntimeError):
     """The server could not be installed, started or reached; the message says what to do."""
 
 
@@ -205,8 +207,10 @@ def is_healthy(url: str, timeout: float = 2.0) -> bool:
 class LabelStudioServer:
     """A ``label-studio start`` child process on loopback; use as a context manager.
 
-    >>> with LabelStudioServer(settings) as server:  # doctest: +SKIP
-    ...     print(server.url)
+    Starting one takes seconds (``tests/support/ls_server.py`` does, once per test session)::
+
+        with LabelStudioServer(settings) as server:
+            print(server.url)
     """
 
     def __init__(self, settings: ServerSettings, venv: Path = DEFAULT_VENV) -> None:

@@ -1,6 +1,8 @@
 """DuckDB over a curated set: ``samples`` = ``data/*.parquet``, ``rejects`` = ``rejects/*.parquet``.
 
->>> t = run_query("out/demo", "SELECT count(*) AS n FROM samples")  # doctest: +SKIP
+>>> demo = getfixture("demo_set")  # the demo curation (tests/support/demo.py)
+>>> run_query(demo, "SELECT count(*) AS n FROM samples").to_pylist()
+[{'n': 9}]
 """
 
 from __future__ import annotations

@@ -27,12 +27,13 @@ import numpy as np
 from PIL import Image
 
 from ergo_data.core.boxes import Box
+from ergo_data.core.errors import ConfigError
 
 INSTALL_HINT = "pip install 'ergo-workbench[ocr]'"
 RAPIDOCR_MAX_SIDE = 2000  # RapidOCR's Global.max_side_len: larger inputs are downscaled before detection
 
 
-class OcrUnavailableError(ImportError):
+class OcrUnavailableError(ConfigError, ImportError):
     """rapidocr or onnxruntime is not installed; the message says how to install the extra."""
 
 

@@ -43,32 +43,27 @@ def eval_command(
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+    from ergo_data.cli.common import USAGE_EXIT, cli_errors, fail
     from ergo_train.eval.evaluate import MODES, EvalSettings, run_eval
-    from ergo_train.eval.loaders import BENCHES, BenchFormatError
+    from ergo_train.eval.loaders import BENCHES
 
-    console, err = Console(), Console(stderr=True)
-
-    def fail(msg: str) -> None:
-        err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)
-        raise typer.Exit(2)
+    console = Console()
 
     modes = [m.strip() for m in mode.split(",") if m.strip()]
     if bench not in BENCHES:
-        fail(f"unknown bench {bench!r}; valid: {', '.join(BENCHES)}")
+        fail(f"unknown bench {bench!r}; valid: {', '.join(BENCHES)}", USAGE_EXIT)
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
-        fail(f"unknown mode(s) {unknown or mode!r}; valid: {', '.join(MODES)}")
+        fail(f"unknown mode(s) {unknown or mode!r}; valid: {', '.join(MODES)}", USAGE_EXIT)
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
-        fail(f"unknown dtype {dtype!r}; valid: auto, bfloat16, float16, float32")
+        fail(f"unknown dtype {dtype!r}; valid: auto, bfloat16, float16, float32", USAGE_EXIT)
     settings = EvalSettings(max_pixels=max_pixels, max_new_tokens=max_new_tokens, timeout_s=timeout)
     columns = (SpinnerColumn(), TextColumn("{task.description}: {task.completed} records"), TimeElapsedColumn())
     with Progress(*columns, console=console, disable=quiet, transient=True) as progress:
         task = progress.add_task(f"{bench} x {','.join(modes)}", total=None)
-        try:
+        with cli_errors(usage=(ValueError,)):  # ValueError: a mode the bench cannot run (oracle_crop, no boxes)
             paths = run_eval(bench, path, model, modes, out, settings=settings, limit=limit, shuffle_seed=seed,
                              device=device, dtype=dtype, on_record=lambda rec: progress.advance(task))
-        except (BenchFormatError, ValueError, OSError) as e:
-            fail(str(e))
     _print_summary(console, paths["summary"])
     console.print(f"[bold green]report:[/] {paths['report']}")
     console.print(f"[bold]per-item results:[/] {paths['results']}")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ergo_data.core.boxes import BoxError, Size
+from ergo_data.core.errors import ConfigError
 from ergo_data.core.vision import resized_size
 from ergo_train.rewards.judges import JudgeCache, RegionQuery, build_judge, judge_regions
 from ergo_train.rollout.parsing import ParsedCompletion, answer_matches, parse_completion, zoom_on_original
@@ -48,7 +49,7 @@ DEFAULT_ALPHA = 1.0
 DEFAULT_BETA = 0.5
 
 
-class RewardConfigError(ValueError):
+class RewardConfigError(ConfigError, ValueError):
     """A reward that cannot be built or computed as configured; the message says what is needed."""
 
 

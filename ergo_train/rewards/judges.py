@@ -35,13 +35,14 @@ from typing import Any
 from PIL import Image
 
 from ergo_data.core.boxes import Box
+from ergo_data.core.errors import ErgoError
 from ergo_train.rollout.parsing import answer_matches, normalize_answer
 from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels, crop_at_budget
 
 DEFAULT_MAX_PIXELS = budget_max_pixels(DEFAULT_BUDGET_TOKENS)
 
 
-class JudgeError(ValueError):
+class JudgeError(ErgoError, ValueError):
     """A judge that cannot give a verdict for an item; the message names the item and the reason."""
 
 

@@ -3,7 +3,7 @@
 It installs ``.venv-ls`` once (``scripts/install_ls.sh``, cached by its stamp; needs PyPI the first
 time), seeds the data dir with a migrated empty database (built once per install), starts the server
 with the admin's credentials and token in its environment, waits for ``/health``, and stops it
-(SIGTERM, then SIGKILL) at the end. It is imported by tests/conftest.py, so every module shares one server per session.
+(SIGTERM, then SIGKILL) at the end. It is imported by the root conftest.py, so every module shares one server per session.
 """
 
 from __future__ import annotations
