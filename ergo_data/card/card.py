@@ -218,7 +218,8 @@ def size_category(n: int) -> str:
 def write_card(out_dir: str | Path, quiet: bool = False, n_kept: int = 8, n_per_reason: int = 4) -> Path:
     """Write ``DIR/README.md`` (and ``DIR/plots/``) for the curated set in ``out_dir``; return its path.
 
-    Raises FileNotFoundError when ``out_dir`` has no stats.json (not the output of ``ergo run``).
+    Raises FileNotFoundError when ``out_dir`` has no stats.json (not the output of ``ergo run``), ValueError
+    when stats.json or a shard cannot be read.
     """
     from ergo_data.pipeline.progress import Progress
 
@@ -226,7 +227,10 @@ def write_card(out_dir: str | Path, quiet: bool = False, n_kept: int = 8, n_per_
     stats_path = out / "stats.json"
     if not stats_path.is_file():
         raise FileNotFoundError(f"{out}: no stats.json - is it the output folder of `ergo run`?")
-    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    try:
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{stats_path} is not valid JSON ({e}): rerun `ergo run` to rewrite it") from None
     record = read_recipe_record(out)
     recipe = record.recipe
     kept = read_parts(out / "data", "*.parquet")

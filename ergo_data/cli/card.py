@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         from ergo_data.cli.common import cli_errors, console, require_run_output
 
         require_run_output(out, "stats.json")
-        with cli_errors():
+        with cli_errors(failure=(ValueError,)):  # an unreadable stats.json or shard
             path = write_card(out, quiet=quiet, n_kept=n_kept, n_per_reason=n_per_reason)
         console.print(f"[bold]data card:[/] {path}")
 

@@ -102,7 +102,7 @@ def _check_executor_options(executor: str, workers: int | None, address: str | N
 def _write_card(out: Path, quiet: bool) -> None:
     from ergo_data.card.card import write_card
 
-    with cli_errors():
+    with cli_errors(failure=(ValueError,)):  # an unreadable stats.json or shard
         path = write_card(out, quiet=quiet)
     console.print(f"[bold]data card:[/] {path}")
 
@@ -133,7 +133,7 @@ def query(
     """Run DuckDB SQL over a curated set, e.g. ergo query out/demo "SELECT reason, count(*) FROM rejects GROUP BY 1"."""
     from ergo_data.pipeline.query import run_query
 
-    with cli_errors(usage=(ValueError,)):  # no data/ folder, bad SQL: fix the command
+    with cli_errors():  # exit 2: not a curated set, SQL DuckDB refuses; exit 1: unreadable shards
         result = run_query(out, sql)
     rows = result.slice(0, limit).to_pylist()
     if as_json:
