@@ -22,6 +22,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 settings.register_profile("ergo", deadline=None, max_examples=200)
 settings.load_profile("ergo")
 
+# A test that loads a model or starts a server must be marked `integration` (checked as it runs).
+pytest_plugins = ["tests.support.integration_guard"]
+
 
 # Session fixtures used by several modules, imported here so each is created once per session (imported
 # into each module, each module would get its own copy): the demo curation and a real Label Studio server.

@@ -1,6 +1,6 @@
 """Evaluation with the tiny Qwen2.5-VL: honest counting of failures, the three modes end to end, `ergo eval`.
 
-A random model never writes a tool call or an answer (TRL_FACTS), so tests that need a given completion
+A random model never writes a tool call or an answer (docs/trl-pitfalls.md, 10), so tests that need a given completion
 use constrained decoding (transformers' ``prefix_allowed_tokens_fn``): the real model, processor, chat
 template, generate loop and TRL parser all run; only the choice of each next token is forced.
 """

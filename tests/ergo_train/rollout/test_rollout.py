@@ -84,7 +84,7 @@ def test_malformed_zoom_still_returns_the_whole_view_and_an_error(args, error):
     env = _env()
     blocks = env.zoom(*args)
     assert not env.zoom_ok and env.zoom_box is None and error in env.zoom_error
-    assert blocks[0]["image"].size == env.seen_size  # an image always comes back (TRL_FACTS pitfall 2)
+    assert blocks[0]["image"].size == env.seen_size  # an image always comes back (docs/trl-pitfalls.md, 2)
     assert blocks[1]["text"].startswith("zoom error: ") and ANSWER_INSTRUCTION in blocks[1]["text"]
     assert env.vision_tokens == [54, 54]
 
