@@ -1,6 +1,7 @@
 # make demo: create .venv if missing, install, run the demo curation (out/demo + data_cards/demo).
 # make test: create/update the venv, install Chromium if missing (for the browser test; needs apt and root or
-#            password-less sudo), and run the whole test suite (unit, property, doctests, integration).
+#            password-less sudo), and run the whole test suite (unit, property, doctests, integration);
+#            PYTEST_ARGS="tests/ergo_data/core -x" narrows it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -34,7 +35,7 @@ browser:
 	@scripts/install_chromium.sh
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/curation.py

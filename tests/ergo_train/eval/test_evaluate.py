@@ -79,6 +79,7 @@ def tool_call(xyxy) -> str:
 
 
 # ---- counting -----------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_every_failure_is_wrong_listed_and_kept_in_the_denominator(tiny, tmp_path):
     model, proc = tiny
     runs = [
@@ -120,6 +121,7 @@ def test_parse_choice_accepts_tags_or_a_bare_choice_only():
 
 
 # ---- the three modes ----------------------------------------------------------------------------
+@pytest.mark.integration
 def test_coarse_to_fine_zoom_on_the_ground_truth_box(tiny):
     model, proc = tiny
     item = next(i for i in load_bench("vstar", EXAMPLES / "vstar") if i.id == "vstar/signicade")
@@ -140,6 +142,7 @@ def test_coarse_to_fine_zoom_on_the_ground_truth_box(tiny):
     assert rec["vision_tokens"] == sum(rec["vision_tokens_turns"])
 
 
+@pytest.mark.integration
 def test_coarse_to_fine_malformed_or_missing_zoom(tiny):
     model, proc = tiny
     item = synth_item()
@@ -153,6 +156,7 @@ def test_coarse_to_fine_malformed_or_missing_zoom(tiny):
     assert "no zoom call in turn 1" in none["error"]
 
 
+@pytest.mark.integration
 def test_direct_and_oracle_crop_count_the_tokens_the_processor_saw(tiny):
     model, proc = tiny
     item = synth_item(size=(1600, 600))
@@ -169,6 +173,7 @@ def test_direct_and_oracle_crop_count_the_tokens_the_processor_saw(tiny):
     assert (no_box["status"], no_box["correct"]) == ("no_gt_box", False)
 
 
+@pytest.mark.integration
 def test_evaluate_runs_every_mode_on_every_item(tiny):
     model, proc = tiny
     items = [synth_item("t/a"), BadItem("t/b", "t", "bad_answer", "x"), synth_item("t/c", data=b"")]
@@ -181,6 +186,7 @@ def test_evaluate_runs_every_mode_on_every_item(tiny):
 
 
 # ---- `ergo eval` --------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_cli_eval_three_modes_on_the_vstar_examples(tmp_path):
     out = tmp_path / "eval"
     res = runner.invoke(app, ["eval", "--bench", "vstar", "--path", str(EXAMPLES / "vstar"), "--model", "tiny",
@@ -207,6 +213,7 @@ def test_cli_eval_three_modes_on_the_vstar_examples(tmp_path):
     assert (out / "accuracy_vs_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.integration
 def test_cli_eval_with_a_checkpoint_directory(tmp_path):
     ckpt = save_tiny(tmp_path / "ckpt", seed=1)
     res = runner.invoke(app, ["eval", "--bench", "vstar", "--path", str(EXAMPLES / "vstar"), "--model", str(ckpt),
