@@ -54,15 +54,15 @@ def parse_choice(text: str, options: list[str]) -> tuple[str | None, str | None]
     """``(letter, None)`` for the option the output chose, or ``(None, why)`` when none can be read.
 
     The answer is the one ``<answer>…</answer>`` (``ergo_train.rollout.parsing.parse_answer``, as in training); an
-    output without answer tags counts only if it is, as a whole, a choice (``B``, ``(B)``, ``B. text`` or an
-    option's text), which is how base models answer "with the option's letter directly". The letter is
-    matched with the training reward's rule (``answer_matches``).
+    output without answer tags is read whole, as VLMEvalKit reads a prediction (``B``, ``The answer is B``,
+    ``B. text``, an option's text), which is how base models answer "with the option's letter directly". The
+    letter is matched with the training reward's matcher (``answer_matches``, ergo_train/rollout/matching.py).
 
     >>> opts = ["evian", "Fiji"]
     >>> parse_choice("<answer>B</answer>", opts), parse_choice("b. Fiji", opts), parse_choice("Fiji", opts)
     (('B', None), ('B', None), ('B', None))
-    >>> parse_choice("I think it is B", opts)
-    (None, "no <answer> and the output is not a choice: 'I think it is B'")
+    >>> parse_choice("I think it is B", opts), parse_choice("A or B, hard to say", opts)
+    (('B', None), (None, "no <answer> and the output is not a choice: 'A or B, hard to say'"))
     >>> parse_choice("<answer>C</answer>", opts)
     (None, "<answer> names no option: 'C'")
     """

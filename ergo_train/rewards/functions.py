@@ -8,9 +8,15 @@ Completions are TRL's message lists (assistant with the zoom tool call / tool / 
 - ``r_format`` in {0,1}: one well-formed zoom in turn 1 (4 finite numbers, something of it on the image),
   then one ``<answer>``. A finite box partly outside the image is clamped and keeps format 1.
 - ``r_acc`` in {0,1}: the final ``<answer>`` names the ground truth (option letter or normalized text).
-- ``r_box`` = 1[area(crop) / area(image) <= gamma], gamma = 0.6; 0 without a usable zoom.
+- ``r_box`` = 1[area(crop) / area(image) <= gamma], gamma = 0.6, and the crop's short side in the coarse view
+  at least ``min_region`` patches (default 1: a region the model could see); 0 without a usable zoom.
 - ``r_region`` in {0,1}: a judge (``ergo_train.rewards.judges``) seeing ONLY the crop answers correctly.
 - ``r_tce`` = alpha * r_region + beta * r_box (alpha = 1, beta = 0.5); ``total`` = r_tce + r_acc + r_format.
+
+The gates that keep TCE from being farmed (docs/rewards.md, "Gates"): ``r_box`` and ``r_region`` pay only for a
+*complete* episode (``complete_only``, default on): the zoom tool really ran (a tool message follows turn 1)
+and the answer turn holds exactly one ``<answer>``. A zoom tag in a lone message, a good zoom with no answer or
+with two answers earn no TCE, so none of them outscores a correct answer without zooming.
 
 Zoom coordinates are on the coarse view (the original smart-resized to ``max_pixels``, which must match the
 rollout's budget); the rule rewards compute on plain floats, ``r_region`` converts with ``Box.from_model``.
@@ -38,10 +44,11 @@ from typing import Any
 
 from ergo_data.core.boxes import BoxError, Size
 from ergo_data.core.errors import ConfigError
-from ergo_data.core.vision import resized_size
+from ergo_data.core.vision import PATCH, resized_size
 from ergo_train.rewards.judges import JudgeCache, RegionQuery, build_judge, judge_regions
-from ergo_train.rollout.parsing import ParsedCompletion, answer_matches, parse_completion, zoom_on_original
-from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels
+from ergo_train.rollout.matching import answer_matches
+from ergo_train.rollout.parsing import ParsedCompletion, parse_completion, zoom_on_original
+from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, MIN_REGION_PATCHES, budget_max_pixels
 
 DEFAULT_MAX_PIXELS = budget_max_pixels(DEFAULT_BUDGET_TOKENS)
 DEFAULT_GAMMA = 0.6
@@ -144,30 +151,41 @@ def r_acc(prompts=None, completions=None, completion_ids=None, **columns: Any) -
 
 
 def r_box(prompts=None, completions=None, completion_ids=None, *, gamma: float = DEFAULT_GAMMA,
+          min_region: float = MIN_REGION_PATCHES, complete_only: bool = True,
           max_pixels: int = DEFAULT_MAX_PIXELS, **columns: Any) -> list[float]:
-    """1 when the zoom's area on the image is at most ``gamma`` of the image's area; 0 without a usable zoom."""
+    """1 when the zoom covers at most ``gamma`` of the image and its short side in the coarse view is at least
+    ``min_region`` patches (what the model could see); 0 without a usable zoom, and (``complete_only``) for an
+    episode whose zoom never ran or whose answer turn lacks exactly one answer."""
     parsed = [parse_completion(c) for c in completions]
-    return _box_scores(parsed, original_sizes(columns, len(parsed)), gamma, max_pixels)
+    return _box_scores(parsed, original_sizes(columns, len(parsed)), gamma, max_pixels, min_region, complete_only)
 
 
-def _box_scores(parsed: Sequence[ParsedCompletion], sizes: Sequence[Size], gamma: float, max_pixels: int):
+def _box_scores(parsed: Sequence[ParsedCompletion], sizes: Sequence[Size], gamma: float, max_pixels: int,
+                min_region: float = MIN_REGION_PATCHES, complete_only: bool = True) -> list[float]:
+    floor = min_region * PATCH
     out = []
     for p, (w, h) in zip(parsed, sizes):
-        z = _zoom_on_image(p, (w, h), max_pixels)
-        out.append(1.0 if z is not None and (z[2] - z[0]) * (z[3] - z[1]) <= gamma * (w * h) else 0.0)
+        z = _zoom_on_image(p, (w, h), max_pixels) if p.complete or not complete_only else None
+        if z is None:
+            out.append(0.0)
+            continue
+        sw, sh = seen_size(w, h, max_pixels)
+        short_side_seen = min((z[2] - z[0]) * sw / w, (z[3] - z[1]) * sh / h)
+        out.append(1.0 if short_side_seen >= floor and (z[2] - z[0]) * (z[3] - z[1]) <= gamma * (w * h) else 0.0)
     return out
 
 
 # ---- the judged reward -----------------------------------------------------------------------------------
 def r_region(prompts=None, completions=None, completion_ids=None, *, judge: Any = None, cache: Any = None,
-             max_pixels: int = DEFAULT_MAX_PIXELS, **columns: Any) -> list[float]:
-    """1 when the judge, seeing only the zoom's crop (full resolution, at the judge's budget), answers correctly."""
+             complete_only: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS, **columns: Any) -> list[float]:
+    """1 when the judge, seeing only the zoom's crop (full resolution, at the judge's budget), answers correctly;
+    0 (``complete_only``) for an episode whose zoom never ran or whose answer turn lacks exactly one answer."""
     parsed = [parse_completion(c) for c in completions]
-    return _region_scores(parsed, columns, _require_judge(judge, "r_region"), cache, max_pixels)
+    return _region_scores(parsed, columns, _require_judge(judge, "r_region"), cache, max_pixels, complete_only)
 
 
 def _region_scores(parsed: Sequence[ParsedCompletion], columns: Mapping[str, Any], judge, cache,
-                   max_pixels: int) -> list[float]:
+                   max_pixels: int, complete_only: bool = True) -> list[float]:
     n = len(parsed)
     if columns.get("image") is None or columns.get("question") is None:
         raise RewardConfigError("r_region needs the 'image' and 'question' columns")
@@ -178,7 +196,7 @@ def _region_scores(parsed: Sequence[ParsedCompletion], columns: Mapping[str, Any
     envs = envs if envs is not None and len(envs) == n else None
     queries, where = [], []
     for i, (p, size) in enumerate(zip(parsed, sizes)):
-        if _zoom_on_image(p, size, max_pixels) is None:
+        if (complete_only and not p.complete) or _zoom_on_image(p, size, max_pixels) is None:
             continue
         try:
             box = p.box(seen_size(size[0], size[1], max_pixels), size)  # the canonical converter, at the edge
@@ -236,6 +254,7 @@ def _disk_cache(path: str) -> JudgeCache:
 # ---- sums ----------------------------------------------------------------------------------------------
 def reward_components(completions: Sequence[Any], columns: Mapping[str, Any], *, gamma: float = DEFAULT_GAMMA,
                       alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA, judge: Any = None, cache: Any = None,
+                      min_region: float = MIN_REGION_PATCHES, complete_only: bool = True,
                       max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, list[float | None]]:
     """Every component for a batch with one parse per completion; ``r_region``/``r_tce``/``total`` are None
     per item when no judge is given."""
@@ -247,13 +266,12 @@ def reward_components(completions: Sequence[Any], columns: Mapping[str, Any], *,
     options, answers = _column(columns, "options", n), _column(columns, "answer", n)
     letters = _column(columns, "answer_letter", n)
     acc = [1.0 if answer_matches(p.answer, o, a, le) else 0.0 for p, o, a, le in zip(parsed, options, answers, letters)]
-    box = [1.0 if z is not None and (z[2] - z[0]) * (z[3] - z[1]) <= gamma * (w * h) else 0.0
-           for z, (w, h) in zip(zooms, sizes)]
+    box = _box_scores(parsed, sizes, gamma, max_pixels, min_region, complete_only)
     out: dict[str, list[float | None]] = {"r_format": fmt, "r_acc": acc, "r_box": box}
     if judge is None:
         out["r_region"] = out["r_tce"] = out["total"] = [None] * n
         return out
-    region = _region_scores(parsed, columns, build_judge(judge), cache, max_pixels)
+    region = _region_scores(parsed, columns, build_judge(judge), cache, max_pixels, complete_only)
     tce = [alpha * r + beta * b for r, b in zip(region, box)]
     out.update(r_region=region, r_tce=tce, total=[t + a + f for t, a, f in zip(tce, acc, fmt)])
     return out
@@ -261,20 +279,23 @@ def reward_components(completions: Sequence[Any], columns: Mapping[str, Any], *,
 
 def r_tce(prompts=None, completions=None, completion_ids=None, *, alpha: float = DEFAULT_ALPHA,
           beta: float = DEFAULT_BETA, gamma: float = DEFAULT_GAMMA, judge: Any = None, cache: Any = None,
+          min_region: float = MIN_REGION_PATCHES, complete_only: bool = True,
           max_pixels: int = DEFAULT_MAX_PIXELS, **columns: Any) -> list[float]:
-    """Task-driven contextual exploration: ``alpha * r_region + beta * r_box``."""
+    """Task-driven contextual exploration: ``alpha * r_region + beta * r_box`` (paid for complete episodes only)."""
     parsed = [parse_completion(c) for c in completions]
-    region = _region_scores(parsed, columns, _require_judge(judge, "r_tce"), cache, max_pixels)
-    box = _box_scores(parsed, original_sizes(columns, len(parsed)), gamma, max_pixels)
+    region = _region_scores(parsed, columns, _require_judge(judge, "r_tce"), cache, max_pixels, complete_only)
+    box = _box_scores(parsed, original_sizes(columns, len(parsed)), gamma, max_pixels, min_region, complete_only)
     return [alpha * r + beta * b for r, b in zip(region, box)]
 
 
 def total(prompts=None, completions=None, completion_ids=None, *, alpha: float = DEFAULT_ALPHA,
           beta: float = DEFAULT_BETA, gamma: float = DEFAULT_GAMMA, judge: Any = None, cache: Any = None,
+          min_region: float = MIN_REGION_PATCHES, complete_only: bool = True,
           max_pixels: int = DEFAULT_MAX_PIXELS, **columns: Any) -> list[float]:
     """ERGO's reward ``R = r_TCE + r_acc + r_format`` (use it alone, or the components with weights)."""
     comps = reward_components(completions, columns, gamma=gamma, alpha=alpha, beta=beta,
-                              judge=_require_judge(judge, "total"), cache=cache, max_pixels=max_pixels)
+                              judge=_require_judge(judge, "total"), cache=cache, min_region=min_region,
+                              complete_only=complete_only, max_pixels=max_pixels)
     return [float(t) for t in comps["total"]]
 
 
@@ -302,15 +323,17 @@ def make_reward(name: str, **params: Any) -> Callable[..., list[float]]:
     >>> make_reward("r_box", gama=0.5)
     Traceback (most recent call last):
     ...
-    ergo_train.rewards.functions.RewardConfigError: reward 'r_box' has no parameter 'gama'; valid: gamma, max_pixels
+    ergo_train.rewards.functions.RewardConfigError: reward 'r_box' has no parameter 'gama'; valid: gamma, min_region, complete_only, max_pixels
     """
     func = _lookup(name)
     valid = reward_params(name)
     for key, value in params.items():
         if key not in valid:
             raise RewardConfigError(f"reward {name!r} has no parameter {key!r}; valid: {', '.join(valid) or '(none)'}")
-        if key in ("gamma", "alpha", "beta") and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+        if key in ("gamma", "alpha", "beta", "min_region") and (not isinstance(value, (int, float)) or not math.isfinite(value)):
             raise RewardConfigError(f"reward {name!r}: {key} must be a finite number, got {value!r}")
+        if key == "complete_only" and not isinstance(value, bool):
+            raise RewardConfigError(f"reward {name!r}: complete_only must be true or false, got {value!r}")
     if name in NEEDS_JUDGE:
         params["judge"] = _require_judge(params.get("judge"), name)
     if params.get("cache") is not None and not isinstance(params["cache"], JudgeCache):

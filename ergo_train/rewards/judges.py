@@ -36,7 +36,7 @@ from PIL import Image
 
 from ergo_data.core.boxes import Box
 from ergo_data.core.errors import ConfigError, ErgoError
-from ergo_train.rollout.parsing import answer_matches, normalize_answer
+from ergo_train.rollout.matching import answer_matches, normalize_answer
 from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels, crop_at_budget
 
 DEFAULT_MAX_PIXELS = budget_max_pixels(DEFAULT_BUDGET_TOKENS)

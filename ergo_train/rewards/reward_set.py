@@ -19,7 +19,8 @@ class StepMetrics:
     """Collects every reward component of one scoring call, then logs the ERGO step metrics once.
 
     ``ergo/zoom_rate`` (rollouts whose zoom was executed), ``ergo/zoom_ok_rate`` (well-formed zooms),
-    ``ergo/zoom_area_frac`` (crop area / image area), ``ergo/vision_tokens_turn1|turn2|total`` and
+    ``ergo/zoom_area_frac`` (crop area / image area), ``ergo/zoom_too_small_rate`` (zooms under one patch in the
+    coarse view: r_box pays nothing for them), ``ergo/vision_tokens_turn1|turn2|total`` and
     ``ergo/zero_variance_groups`` (groups whose weighted reward std < 1e-4, Mini-o3's criterion; TRL also
     logs ``frac_reward_zero_std`` with an exact-zero test).
     """
@@ -55,7 +56,7 @@ class StepMetrics:
         kept = [any(isinstance(m, Mapping) and m.get("role") == "tool" for m in c) if isinstance(c, list) else False
                 for c in completions]
         envs = list(environments or [None] * n)
-        t1, t2, areas, ok = [], [], [], []
+        t1, t2, areas, ok, small = [], [], [], [], []
         for env, zoomed in zip(envs, kept, strict=False):
             tokens = list(getattr(env, "vision_tokens", []) or [])
             if tokens:
@@ -64,10 +65,12 @@ class StepMetrics:
                 t2.append(tokens[1] if len(tokens) > 1 else 0)
                 ok.append(1.0 if env.zoom_ok else 0.0)
                 areas.append(env.zoom_area_frac)
+                small.append(1.0 if env.zooms[0].too_small else 0.0)
         return {
             "ergo/zoom_rate": sum(kept) / n if n else math.nan,
             "ergo/zoom_ok_rate": _mean(ok),
             "ergo/zoom_area_frac": _mean(areas),
+            "ergo/zoom_too_small_rate": _mean(small),
             "ergo/vision_tokens_turn1": _mean(t1),
             "ergo/vision_tokens_turn2": _mean(t2),
             "ergo/vision_tokens_total": (sum(t1) + sum(t2)) / len(t1) if t1 else math.nan,

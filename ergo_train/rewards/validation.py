@@ -27,7 +27,8 @@ import numpy as np
 from ergo_data.core.boxes import Box, BoxError
 from ergo_data.core.errors import ConfigError
 from ergo_train.rewards.judges import Judge, JudgeCache, JudgeError, RegionQuery, judge_regions
-from ergo_train.rollout.parsing import answer_matches, parse_completion
+from ergo_train.rollout.matching import answer_matches
+from ergo_train.rollout.parsing import parse_completion
 
 REQUIRED_LABEL_COLUMNS = ("id", "region_answerable", "x1", "y1", "x2", "y2")
 METRICS = ("accuracy", "precision", "recall", "cohen_kappa", "roc_auc")

@@ -17,7 +17,7 @@ Pieces, importable on their own (training, evaluation and difficulty profiling s
 - ``run_two_turns(model, processor, row, max_pixels)``: one sample through both turns with plain
   ``model.generate`` (inference, evaluation, difficulty); returns a ``TwoTurnResult`` whose
   ``completion`` has the message layout TRL gives reward functions.
-- ``first_zoom(parsed_message)``: the zoom of turn 1 as ``ergo_train.rollout.parsing`` (the rewards) reads it.
+- ``execute_turn1(env, parsed_message)``: turn 1's action run as training runs it (any tool call, or the tag form).
 
 >>> from PIL import Image
 >>> env = ZoomEnv(max_pixels=64 * 28 * 28)
@@ -41,6 +41,7 @@ Answer with the option's letter from the given choices directly.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -51,7 +52,15 @@ from PIL import Image
 
 from ergo_data.core.boxes import Box, Size
 from ergo_data.core.vision import resized_size, vision_tokens
-from ergo_train.rollout.parsing import Coords, text_of, zoom_actions
+from ergo_train.rollout.parsing import (
+    RAW_ARGUMENTS,
+    ZOOM_ARGS,
+    ZOOM_TOOL,
+    normalize_tool_call,
+    text_of,
+    zoom_actions,
+    zoom_arguments,
+)
 from ergo_train.rollout.zoom import (
     DEFAULT_BUDGET_TOKENS,
     ZoomResult,
@@ -146,6 +155,16 @@ def build_turn1_messages(row: Mapping[str, Any], max_pixels: int) -> list[dict[s
                                          {"type": "text", "text": turn1_text(row["question"], size)}]}]
 
 
+def _shown_as_coordinates(method):
+    """TRL builds a tool's JSON schema from its signature and type hints: show the model the four float
+    coordinates, whatever the method really accepts."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=float) for n in ZOOM_ARGS]
+    method.__signature__ = inspect.Signature(params, return_annotation=list[dict[str, Any]])
+    method.__annotations__ = {**dict.fromkeys(ZOOM_ARGS, float), "return": list[dict[str, Any]]}
+    return method
+
+
 class ZoomEnv:
     """One ERGO rollout for TRL's ``environment_factory``: ``reset(**row)``, then the ``zoom`` tool.
 
@@ -176,7 +195,8 @@ class ZoomEnv:
         self.vision_tokens = [vision_tokens(self.image.size, self.max_pixels)]
         # the prompt column already holds turn 1
 
-    def zoom(self, x1: float, y1: float, x2: float, y2: float) -> list[dict[str, Any]]:
+    @_shown_as_coordinates
+    def zoom(self, *coords: Any, **arguments: Any) -> list[dict[str, Any]]:
         """Zoom into a region of the image: see it at full resolution, then answer the question.
 
         Args:
@@ -185,13 +205,23 @@ class ZoomEnv:
             x2: Right edge of the region, in pixels of the image you were shown.
             y2: Bottom edge of the region, in pixels of the image you were shown.
         """
-        return self._apply_zoom([x1, y1, x2, y2])
+        # TRL calls zoom(**whatever the model wrote): any shape is read by the rewards' own parser, and a call
+        # that cannot be read still returns an image (the whole view) with the reason (docs/trl-pitfalls.md).
+        if coords:  # a direct call, zoom(x1, y1, x2, y2)
+            arguments = {**dict(zip(ZOOM_ARGS, coords)), **arguments} if len(coords) == 4 else {RAW_ARGUMENTS: coords}
+        box, error = zoom_arguments(arguments)
+        return self._apply_zoom(box, error)
+
+
+    def _unknown_tool(self, name: str, **arguments: Any) -> list[dict[str, Any]]:
+        """A call of a tool that does not exist: the whole view and the reason (the trainer routes it here)."""
+        return self._apply_zoom(None, f"unknown tool {name!r} (the only tool is {ZOOM_TOOL!r})")
 
     def _apply_zoom(self, xyxy: Sequence[Any] | None, parse_error: str | None = None) -> list[dict[str, Any]]:
         if self.image is None or self.seen_size is None:
             raise RuntimeError("zoom called before reset")
-        result = zoom_crop(self.image, xyxy, self.seen_size, self.max_pixels)
-        if parse_error is not None and not result.ok:
+        result = zoom_crop(self.image, None if parse_error else xyxy, self.seen_size, self.max_pixels)
+        if parse_error is not None:
             result = replace(result, error=parse_error)
         self.zooms.append(result)
         self.vision_tokens.append(result.vision_tokens)
@@ -259,25 +289,36 @@ class TwoTurnResult:
         return self.turn2_text if self.turn2_text is not None else self.turn1_text
 
 
-def first_zoom(parsed: Mapping[str, Any]) -> tuple[bool, Coords | None, str | None]:
-    """``(attempted, coords, error)`` of the first zoom of a parsed assistant message, read by
-    ``ergo_train.rollout.parsing`` as the rewards read it: a ``zoom`` tool call that TRL's parser extracted, or the
-    paper's ``<zoom>[..]</zoom>`` tag. ``<tool_call>`` text the parser could not read runs no tool, as in
-    training (TRL only runs parsed calls); the rewards still see it and score format 0.
+def execute_turn1(env: ZoomEnv, parsed: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """Run turn 1's action on ``env`` as training does, or return None when turn 1 calls nothing.
 
-    >>> first_zoom({"content": "", "tool_calls": [{"type": "function", "function": {"name": "zoom",
-    ...     "arguments": {"x1": 1, "y1": 2, "x2": 3, "y2": 4}}}]})
-    (True, (1.0, 2.0, 3.0, 4.0), None)
-    >>> first_zoom({"content": "look <zoom>[10, 20, 30]</zoom>"})
-    (True, None, 'zoom: [10, 20, 30] is not 4 finite numbers')
-    >>> first_zoom({"content": "no idea <tool_call> {broken"})
-    (False, None, None)
+    A tool call (any name, any arguments) runs like TRL runs it in training: ``zoom`` with the model's arguments,
+    any other name the unknown-tool answer (the trainer routes it there too). Without a tool call, the paper's
+    ``<zoom>[..]</zoom>`` tag is executed (ERGO-style checkpoints); ``<tool_call>`` text the parser could not
+    read runs nothing, as in training. Returns the tool's content blocks (an image and a text).
+
+    >>> from PIL import Image
+    >>> env = ZoomEnv(64 * 28 * 28)
+    >>> env.reset(image=Image.new("RGB", (1200, 900)), question="Q?", options=["a", "b"], answer="b")
+    >>> call = {"type": "function", "function": {"name": "zoom", "arguments": {"bbox_2d": [0, 0, 126, 84]}}}
+    >>> blocks = execute_turn1(env, {"content": "", "tool_calls": [call]}); env.zoom_ok, env.crop_size
+    (True, (252, 168))
+    >>> blocks = execute_turn1(env, {"content": "look <zoom>[10, 20, 30]</zoom>"}); env.zooms[-1].error
+    'zoom: [10, 20, 30] is not 4 finite numbers'
+    >>> execute_turn1(env, {"content": "no idea <tool_call> {broken"}) is None
+    True
     """
-    actions = [a for a in zoom_actions(text_of(parsed.get("content")), parsed.get("tool_calls")) if a[0] != "hermes"]
-    if not actions:
-        return False, None, None
-    _, coords, error = actions[0]
-    return True, coords, error
+    calls = parsed.get("tool_calls") or []
+    if calls:
+        fn = normalize_tool_call(calls[0])["function"]
+        if fn["name"] == ZOOM_TOOL:
+            return env.zoom(**fn["arguments"])
+        return env._unknown_tool(fn["name"], **fn["arguments"])
+    tags = [a for a in zoom_actions(text_of(parsed.get("content"))) if a[0] == "tag"]
+    if not tags:
+        return None
+    _, coords, error = tags[0]
+    return env._apply_zoom(coords, error)
 
 
 def _generate(model, processor, messages, tools, max_new_tokens: int, generate_kwargs: Mapping[str, Any]):
@@ -322,12 +363,11 @@ def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, 
     ids1 = _trim_at_eos(ids1, eos_ids)
     parsed1 = parse_response(tok, ids1, prefix=prompt_ids, tools=tools)
     text1 = tok.decode(ids1, skip_special_tokens=True)
-    attempted, coords, error = first_zoom(parsed1)
     completion: list[dict[str, Any]] = [parsed1]
-    if not attempted:
+    blocks = execute_turn1(env, parsed1)
+    if blocks is None:
         return TwoTurnResult(text1, None, None, None, list(env.vision_tokens), completion, len(ids1))
-    blocks = env._apply_zoom(coords, error)  # malformed: the whole coarse view and the error text
-    tool_msg = {"role": "tool", "name": "zoom", "content": blocks}
+    tool_msg = {"role": "tool", "name": ZOOM_TOOL, "content": blocks}
     completion.append(tool_msg)
     assistant1 = dict(parsed1)
     if not assistant1.get("tool_calls"):  # tag form: keep the text as the assistant turn
@@ -337,7 +377,9 @@ def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, 
     ids2 = _trim_at_eos(ids2, eos_ids)
     text2 = tok.decode(ids2, skip_special_tokens=True)
     completion.append({"role": "assistant", "content": text2})
-    return TwoTurnResult(text1, text2, list(coords) if coords else None, env.zooms[-1], list(env.vision_tokens),
+    zoom = env.zooms[-1]
+    args = list(zoom.requested) if zoom.requested else None
+    return TwoTurnResult(text1, text2, args, zoom, list(env.vision_tokens),
                          completion, len(ids1) + len(ids2))
 
 

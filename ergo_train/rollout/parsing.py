@@ -30,15 +30,16 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 from ergo_data.core.boxes import Box, Size
+from ergo_train.rollout.matching import answer_matches, normalize_answer  # noqa: F401 - the matcher's old home
 
 ZOOM_TOOL = "zoom"
 ZOOM_ARGS = ("x1", "y1", "x2", "y2")
+BOX_ARGS = ("bbox_2d", "bbox")  # a list [x1, y1, x2, y2] under one of these keys is the same box
+RAW_ARGUMENTS = "__raw__"  # the trainer keeps non-object arguments under this key (see train/grpo.py)
 Coords = tuple[float, float, float, float]
 
 _NUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # ASCII digits only: no full-width '１'
@@ -46,9 +47,6 @@ _TAG_BODY = re.compile(rf"\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*(
 _TAG_ZOOM = re.compile(r"<zoom>(.*?)</zoom>", re.DOTALL)
 _HERMES = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_LETTER = re.compile(r"\(?([A-Za-z])\)?[.):]?")
-_LETTER_TEXT = re.compile(r"\(?([A-Za-z])\)?[.):]\s*(.+)", re.DOTALL)
-_SPACE = re.compile(r"\s+")
 
 
 class ParsedCompletion:
@@ -57,14 +55,22 @@ class ParsedCompletion:
     ``zoom``: the one zoom of turn 1 as written (finite floats on the seen image), else None.
     ``answer``: the one ``<answer>`` of the LAST assistant message (what ``r_acc`` scores), else None.
     ``format_error``: None when the completion has the two-turn format (one zoom, then one answer).
+    ``tool_ran``: a tool message follows turn 1 (a plain string never has one: nothing executed its zoom).
     """
 
-    __slots__ = ("answer", "answer_error", "form", "format_error", "zoom", "zoom_error")
+    __slots__ = ("answer", "answer_error", "form", "format_error", "tool_ran", "zoom", "zoom_error")
 
     def __init__(self, zoom: Coords | None, zoom_error: str | None, answer: str | None,
-                 answer_error: str | None, format_error: str | None, form: str | None) -> None:
+                 answer_error: str | None, format_error: str | None, form: str | None,
+                 tool_ran: bool = False) -> None:
         self.zoom, self.zoom_error, self.form = zoom, zoom_error, form
         self.answer, self.answer_error, self.format_error = answer, answer_error, format_error
+        self.tool_ran = tool_ran  # a tool result follows turn 1: the zoom was really executed
+
+    @property
+    def complete(self) -> bool:
+        """A whole episode: the zoom tool ran, and the answer turn holds exactly one ``<answer>``."""
+        return self.tool_ran and self.answer is not None
 
     @property
     def well_formed(self) -> bool:
@@ -111,7 +117,20 @@ def zoom_on_original(zoom: Coords, seen_size: Size, original_size: Size) -> Coor
 
 
 # ---- zoom actions in one assistant message ------------------------------------------------------
-def _coords_from_arguments(args: Any) -> tuple[Coords | None, str | None]:
+def zoom_arguments(args: Any) -> tuple[Coords | None, str | None]:
+    """``(coords, None)`` for the arguments of a zoom call, or ``(None, why)``: the ONE reading of a call, shared
+    by the tool (``ZoomEnv.zoom``, its ``zoom_ok``) and the rewards (``r_format``), so the two always agree.
+
+    Accepted: exactly ``{x1, y1, x2, y2}``, or one list of 4 under ``bbox_2d`` (Qwen2.5-VL's grounding format)
+    or ``bbox``; 4 finite JSON numbers (no strings, no booleans). A JSON text of those is read too.
+
+    >>> zoom_arguments({"bbox_2d": [1, 2, 30, 40]})
+    ((1.0, 2.0, 30.0, 40.0), None)
+    >>> zoom_arguments({"x1": "1", "y1": 2, "x2": 3, "y2": 4})
+    (None, "zoom arguments ['1', 2, 3, 4] are not 4 finite numbers")
+    """
+    if type(args) is dict and RAW_ARGUMENTS in args and len(args) == 1:
+        args = args[RAW_ARGUMENTS]  # what the model wrote, kept aside by the trainer when it was not an object
     if type(args) is str:
         try:
             args = _JSON.decode(args)
@@ -119,14 +138,37 @@ def _coords_from_arguments(args: Any) -> tuple[Coords | None, str | None]:
             return None, f"zoom arguments are not JSON ({e})"
     if not isinstance(args, Mapping):
         return None, f"zoom arguments must be an object with {', '.join(ZOOM_ARGS)}, got {type(args).__name__}"
-    x1, y1, x2, y2 = args.get("x1"), args.get("y1"), args.get("x2"), args.get("y2")
-    if len(args) != 4 or x1 is None or y1 is None or x2 is None or y2 is None:
-        return None, f"zoom arguments must be exactly {', '.join(ZOOM_ARGS)}, got {sorted(args)}"
+    if len(args) == 1 and next(iter(args)) in BOX_ARGS:
+        values = args[next(iter(args))]
+        if not isinstance(values, (list, tuple)) or len(values) != 4:
+            return None, f"zoom {next(iter(args))} must be a list of 4 numbers, got {values!r}"
+        x1, y1, x2, y2 = values
+    else:
+        x1, y1, x2, y2 = args.get("x1"), args.get("y1"), args.get("x2"), args.get("y2")
+        if len(args) != 4 or x1 is None or y1 is None or x2 is None or y2 is None:
+            return None, (f"zoom arguments must be exactly {', '.join(ZOOM_ARGS)} (or one of "
+                          f"{', '.join(BOX_ARGS)}), got {sorted(map(str, args))}")
     for v in (x1, y1, x2, y2):
         # type(): bools and strings are not numbers; v - v == 0 only for finite v (inf - inf and nan are nan)
         if (type(v) is not float and type(v) is not int) or v - v != 0:
             return None, f"zoom arguments {[x1, y1, x2, y2]} are not 4 finite numbers"
     return (float(x1), float(y1), float(x2), float(y2)), None
+
+
+def normalize_tool_call(call: Any) -> dict[str, Any]:
+    """A parsed tool call in the one shape TRL executes, ``{"type": "function", "function": {"name", "arguments"}}``,
+    whatever the model wrote: arguments that are not an object are kept under ``RAW_ARGUMENTS`` for the zoom tool
+    to read (and reject), a missing name becomes ``""``.
+
+    >>> normalize_tool_call({"name": "zoom", "arguments": [1, 2, 3, 4]})["function"]
+    {'name': 'zoom', 'arguments': {'__raw__': [1, 2, 3, 4]}}
+    """
+    fn = call.get("function", call) if isinstance(call, Mapping) else None
+    fn = fn if isinstance(fn, Mapping) else {"arguments": call}
+    name, args = fn.get("name"), fn.get("arguments")
+    if not isinstance(args, dict):
+        args = {} if args is None else {RAW_ARGUMENTS: args}
+    return {"type": "function", "function": {"name": name if isinstance(name, str) else "", "arguments": args}}
 
 
 def _reject_constant(name: str) -> float:
@@ -146,7 +188,7 @@ def _hermes_call(body: str) -> tuple[bool, Coords | None, str | None]:
         return False, None, None
     if set(call) - {"name", "arguments"}:
         return True, None, f"<tool_call> has unexpected keys {sorted(set(call) - {'name', 'arguments'})}"
-    coords, err = _coords_from_arguments(call.get("arguments"))
+    coords, err = zoom_arguments(call.get("arguments"))
     return True, coords, err
 
 
@@ -193,7 +235,7 @@ def zoom_actions(text: str, tool_calls: Sequence[Any] | None = None) -> list[tup
             continue
         if fn.get("name") != ZOOM_TOOL:
             continue
-        coords, err = _coords_from_arguments(fn.get("arguments"))
+        coords, err = zoom_arguments(fn.get("arguments"))
         out.append(("tool_call", coords, err))
     if "<tool_call>" in text or "</tool_call>" in text:
         for body in _HERMES.findall(text):
@@ -285,7 +327,8 @@ def parse_completion(completion: Any) -> ParsedCompletion:
             format_error = "zoom in turn 2"
         elif answer_error is not None:
             format_error = answer_error
-    return ParsedCompletion(zoom, zoom_error, answer, answer_error, format_error, form)
+    tool_ran = "tool" in roles[assistants[0] + 1:]
+    return ParsedCompletion(zoom, zoom_error, answer, answer_error, format_error, form, tool_ran)
 
 
 def _malformed(why: str) -> ParsedCompletion:
@@ -295,7 +338,7 @@ def _malformed(why: str) -> ParsedCompletion:
 def _structured_zoom(call: Any) -> tuple[Coords | None, str | None, str | None]:
     fn = call.get("function") if type(call) is dict else None
     if type(fn) is dict and fn.get("name") == ZOOM_TOOL:
-        coords, err = _coords_from_arguments(fn.get("arguments"))
+        coords, err = zoom_arguments(fn.get("arguments"))
         return coords, err, "tool_call"
     return _one_zoom(zoom_actions("", [call]))
 
@@ -319,55 +362,3 @@ def _parse_text_completion(text: str) -> ParsedCompletion:
         if text.find("<answer>") < end_of_zoom:
             format_error = "<answer> before the zoom"
     return ParsedCompletion(zoom, zoom_error, answer, answer_error, format_error, form)
-
-
-# ---- answers -------------------------------------------------------------------------------------
-@lru_cache(maxsize=1 << 16)
-def normalize_answer(text: str) -> str:
-    """NFKC, case-folded, whitespace collapsed, outer quotes/brackets and a final period dropped.
-
-    >>> normalize_answer("  ＥＶＩＡＮ. "), normalize_answer('"Coca-Cola"')
-    ('evian', 'coca-cola')
-    """
-    s = "".join(c for c in unicodedata.normalize("NFKC", text) if unicodedata.category(c) != "Cf")  # zero-width
-    s = _SPACE.sub(" ", s).strip().casefold()
-    s = s.rstrip(".。").strip()
-    if len(s) >= 2 and s[0] + s[-1] in ('""', "''", "()", "[]", "“”", "‘’"):
-        s = s[1:-1].strip()
-    return s
-
-
-def answer_matches(pred: str | None, options: Sequence[str] | None, answer: str,
-                   answer_letter: str | None = None) -> bool:
-    """Does ``pred`` (the text inside ``<answer>``) name the correct answer?
-
-    With options: the letter alone (``B``, ``(B)``, ``b.``), the option text alone, or letter and text
-    together (both must agree). Without options: normalized text equality.
-    """
-    if pred is None:
-        return False
-    if not options:
-        return normalize_answer(pred) == normalize_answer(answer)
-    letter = answer_letter or _letter_of(tuple(options), answer)
-    if len(pred) == 1 and pred.isascii() and pred.isalpha():  # the instructed form: the letter alone
-        return pred.upper() == letter
-    pred = unicodedata.normalize("NFKC", pred).strip()
-    m = _LETTER.fullmatch(pred)
-    if m is not None:
-        return letter is not None and m.group(1).upper() == letter
-    said, want = normalize_answer(pred), normalize_answer(answer)
-    if said in {normalize_answer(o) for o in options}:  # an option's text (even one like "A. Lincoln")
-        return said == want
-    m = _LETTER_TEXT.fullmatch(pred)
-    if m is not None:
-        return m.group(1).upper() == letter and normalize_answer(m.group(2)) == want
-    return False
-
-
-@lru_cache(maxsize=1 << 14)
-def _letter_of(options: Sequence[str], answer: str) -> str | None:
-    want = normalize_answer(answer)
-    for i, o in enumerate(options):
-        if normalize_answer(o) == want:
-            return chr(65 + i)
-    return None

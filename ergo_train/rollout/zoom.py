@@ -25,9 +25,18 @@ from typing import Any
 from PIL import Image
 
 from ergo_data.core.boxes import Box, BoxError, Size
-from ergo_data.core.vision import MAX_ASPECT_RATIO, resized_size, vision_tokens
+from ergo_data.core.vision import (
+    MAX_ASPECT_RATIO,
+    PATCH,
+    box_short_side_at_budget,
+    resized_size,
+    vision_tokens,
+)
 
 DEFAULT_BUDGET_TOKENS = 1280
+# A zoom region must be at least this many 28-px patches on its short side in the coarse view: smaller, the
+# model could not have seen what it zoomed on (r_box pays nothing for it; the rollout flags it).
+MIN_REGION_PATCHES = 1.0
 
 
 @dataclass
@@ -38,6 +47,8 @@ class ZoomResult:
     error: str | None
     vision_tokens: int  # tokens of `image` at the budget
     area_frac: float  # crop area / image area (1.0 for the fallback view)
+    requested: tuple[float, float, float, float] | None = None  # the box as the model wrote it (seen image)
+    too_small: bool = False  # the crop's short side at the budget is under one patch: the model saw nothing of it
 
 
 def coarse_view(image: Image.Image, max_pixels: int) -> tuple[Image.Image, Size]:
@@ -85,7 +96,9 @@ def zoom_crop(image: Image.Image, xyxy: Sequence[Any] | None, seen_size: Size, m
         return ZoomResult(view, None, False, str(e), vision_tokens(image.size, max_pixels), 1.0)
     crop = crop_at_budget(image, box, max_pixels)
     frac = box.area / (image.size[0] * image.size[1])
-    return ZoomResult(crop, box, True, None, vision_tokens(crop.size, max_pixels), frac)
+    small = box_short_side_at_budget(box, image.size, max_pixels) < MIN_REGION_PATCHES * PATCH
+    return ZoomResult(crop, box, True, None, vision_tokens(crop.size, max_pixels), frac,
+                      tuple(float(v) for v in xyxy), small)
 
 
 def budget_max_pixels(tokens: int = DEFAULT_BUDGET_TOKENS) -> int:

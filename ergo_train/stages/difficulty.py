@@ -13,6 +13,11 @@ The stage runs a policy ``k`` times per sample through the training rollout (``e
 | ``difficulty_k`` | k |
 | ``difficulty_runs`` | with ``keep_runs: true``: JSON list of the runs (turn texts, zoom, rewards) |
 
+It scores with the training reward set: ``rewards_from: pipelines/train_tiny.yaml`` takes a training recipe's
+``rewards`` (and its ``budget_tokens``) so difficulty sees what training will; without it, ERGO's set
+``R = r_TCE + r_acc + r_format`` with ``r_region`` judged by ``judge`` (default: the profiled model itself, which
+is cheap but grades its own crops; on a GPU point ``rewards_from`` at the recipe whose judge is a larger model).
+
 A later ``sql`` stage can then drop zero-variance items (``where: "NOT zero_variance"``) or keep a target
 mix (``where: "acc_rate BETWEEN 0.1 AND 0.9"``). Runs are seeded per sample id, so the values do not depend
 on the order or the chunking of the rows. Any Hugging Face Qwen-VL checkpoint works (``model: tiny`` in tests).
@@ -20,7 +25,7 @@ on the order or the chunking of the rows. Any Hugging Face Qwen-VL checkpoint wo
 >>> from ergo_data.pipeline.registry import stage_registry
 >>> stage = stage_registry.get("difficulty")(model="tiny", k=2, budget_tokens=64, max_new_tokens=8)
 >>> stage.params.k, stage.reward_names
-(2, ['r_format', 'r_acc', 'r_box'])
+(2, ['r_format', 'r_acc', 'r_region', 'r_box'])
 """
 
 from __future__ import annotations
@@ -36,18 +41,19 @@ from pydantic import Field
 from ergo_data.core.errors import RecipeError
 from ergo_data.core.vision import budget_pixels
 from ergo_data.pipeline.contract import Params, Reject, RowStage
+from ergo_data.pipeline.recipe import read_yaml_file
 from ergo_data.pipeline.registry import stage_registry
-from ergo_train.rewards.reward_set import ZERO_STD, build_reward_funcs, reward_weights
+from ergo_train.rewards.reward_set import ERGO_REWARD_WEIGHTS, ZERO_STD, build_reward_funcs, reward_weights
 from ergo_train.rollout.env import ZoomEnv, row_image, run_two_turns, use_tool_chat_template
-
-RULE_REWARDS = {"r_format": 1.0, "r_acc": 1.0, "r_box": 0.5}  # ERGO's weights, without the judged r_region
 
 
 class DifficultyParams(Params):
     model: str = "tiny"  # "tiny", a checkpoint directory or a hub name (the policy to profile with)
     k: int = Field(8, ge=1)  # runs per sample
     budget_tokens: int = Field(1280, gt=0)  # max_pixels = budget_tokens * 28 * 28, as in training
-    rewards: dict[str, float | dict[str, Any]] = Field(default_factory=lambda: dict(RULE_REWARDS))
+    rewards: dict[str, float | dict[str, Any]] = Field(default_factory=lambda: dict(ERGO_REWARD_WEIGHTS))
+    rewards_from: str | None = None  # a training recipe: its rewards and budget_tokens replace the two above
+    judge: dict[str, Any] | None = None  # r_region's judge when its entry has none (default: {type: vlm, model})
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(256, gt=0)  # per turn
@@ -66,12 +72,34 @@ class DifficultyStage(RowStage):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self.max_pixels = budget_pixels(self.params.budget_tokens)
+        rewards, budget = self._training_reward_set()
+        self.max_pixels = budget_pixels(budget)
         # validates the reward names and options now (a judge model loads here too)
-        self.funcs, _ = build_reward_funcs(self.params.rewards, self.max_pixels)
-        self.weights = reward_weights(self.params.rewards)
+        try:
+            self.funcs, _ = build_reward_funcs(rewards, self.max_pixels)
+        except OSError as e:  # the judge's model
+            raise RecipeError(f"stage 'difficulty': cannot load model for the r_region judge: {e}") from None
+        self.weights = reward_weights(rewards)
         self.reward_names = list(self.weights)
         self._policy: tuple[Any, Any] | None = None
+
+    def _training_reward_set(self) -> tuple[dict[str, Any], int]:
+        """The reward spec and budget to score with: a training recipe's, or the params' with r_region's judge."""
+        if self.params.rewards_from:
+            recipe = read_yaml_file(self.params.rewards_from, "training recipe")
+            if not isinstance(recipe, dict) or not isinstance(recipe.get("rewards"), dict):
+                raise RecipeError(f"stage 'difficulty': rewards_from {self.params.rewards_from!r} has no 'rewards' "
+                                  "mapping (is it a training recipe?)")
+            return dict(recipe["rewards"]), int(recipe.get("budget_tokens", self.params.budget_tokens))
+        rewards = dict(self.params.rewards)
+        for name in ("r_region", "r_tce", "total"):
+            spec = rewards.get(name)
+            if spec is not None and not (isinstance(spec, dict) and "judge" in spec):
+                weight = spec.get("weight", 1.0) if isinstance(spec, dict) else spec
+                judge = self.params.judge or {"type": "vlm", "model": self.params.model,
+                                              "max_pixels": budget_pixels(self.params.budget_tokens)}
+                rewards[name] = {**(spec if isinstance(spec, dict) else {}), "weight": weight, "judge": judge}
+        return rewards, self.params.budget_tokens
 
     @property
     def num_gpus(self) -> float:  # type: ignore[override]

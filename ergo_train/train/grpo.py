@@ -8,6 +8,7 @@ ready ``GRPOTrainer``; ``train`` runs it and saves the model and processor.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,46 @@ from ergo_data.core.errors import RecipeError
 from ergo_train.models.processor import save_processor
 from ergo_train.rewards.reward_set import StepMetrics, build_reward_funcs
 from ergo_train.rollout.env import use_tool_chat_template, zoom_env_factory
+from ergo_train.rollout.parsing import ZOOM_TOOL, normalize_tool_call
 from ergo_train.train.data import load_curated
 from ergo_train.train.recipe import TrainRecipe, grpo_config_kwargs
+
+
+class AnyToolName(dict):
+    """A rollout's tool table in which every name resolves: an unknown one goes to the environment's
+    ``_unknown_tool``, which still returns an image (TRL would otherwise answer with text only)."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __missing__(self, name: str):
+        env = getattr(dict.get(self, ZOOM_TOOL), "__self__", None)
+        if env is None:
+            raise KeyError(name)
+        return functools.partial(env._unknown_tool, name)
+
+
+def robust_trainer_class():
+    """``GRPOTrainer`` whose tool loop survives any call the model writes.
+
+    TRL runs ``tool(**arguments)`` for each parsed call; a wrong tool name, or arguments that are not an
+    object, make it answer with text and no image, and a batch where no tool answer has an image crashes the
+    step (docs/trl-pitfalls.md). Here every call is first put in TRL's shape (``normalize_tool_call``: odd
+    arguments are kept aside for the zoom tool to read and reject) and every name resolves (``AnyToolName``),
+    so every tool answer carries an image and the rewards see what the model wrote.
+    """
+    from trl import GRPOTrainer
+
+    class ErgoGRPOTrainer(GRPOTrainer):
+        def _tool_call_loop(self, prompts, prompt_ids, completion_ids, completions, *args, **kwargs):
+            for completion in completions:
+                first = completion[0] if completion else None
+                if isinstance(first, dict) and first.get("tool_calls"):
+                    first["tool_calls"] = [normalize_tool_call(c) for c in first["tool_calls"]]
+            self._sync_tool_dicts = [AnyToolName(d) for d in self._sync_tool_dicts]
+            return super()._tool_call_loop(prompts, prompt_ids, completion_ids, completions, *args, **kwargs)
+
+    return ErgoGRPOTrainer
 
 
 def _dtype(name: str, bf16: bool):
@@ -42,7 +81,7 @@ class TrainerParts:
 def build_trainer(recipe: TrainRecipe) -> TrainerParts:
     """Load the model and processor, the curated set and the rewards; return a ready ``GRPOTrainer``."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is marked experimental
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOConfig
 
     from ergo_train.models.loaders import load_model
     from ergo_train.models.processor import vision_token_ids
@@ -65,7 +104,7 @@ def build_trainer(recipe: TrainRecipe) -> TrainerParts:
 
         peft_config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
                                  target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=model, args=config, train_dataset=dataset, reward_funcs=funcs,
+    trainer = robust_trainer_class()(model=model, args=config, train_dataset=dataset, reward_funcs=funcs,
                           processing_class=processor, environment_factory=zoom_env_factory(recipe.max_pixels),
                           peft_config=peft_config)
     return TrainerParts(trainer, model, processor, dataset, metrics, config)

@@ -30,28 +30,32 @@ def _scripted_turn_processor(rows: list[list[int]], prompt_len: int, offset: int
 
 
 @contextmanager
-def scripted_first_turn(model, tokenizer, texts: Sequence[str]) -> Iterator[None]:
+def scripted_first_turn(model, tokenizer, texts: Sequence[str], answers: Sequence[str] | None = None
+                        ) -> Iterator[None]:
     """TEST-ONLY HOOK: make every turn 1 write one of ``texts``, in turn (batch rows and calls continue the cycle).
 
     A random model never emits a tool call, so tests of the zoom path force turn 1 to write a valid
-    ``<tool_call>`` with a logits processor; any ``generate`` whose prompt already holds a tool response
-    (turn 2) runs freely. Everything else (TRL's parsing, the tool loop, image injection, turn 2, the
-    loss) is the real path. End each text with ``<|im_end|>`` so the turn stops there.
+    ``<tool_call>`` with a logits processor; a ``generate`` whose prompt already holds a tool response
+    (turn 2) runs freely, or writes one of ``answers`` in turn when they are given. Everything else (TRL's
+    parsing, the tool loop, image injection, the loss) is the real path. End each text with ``<|im_end|>``
+    so the turn stops there.
     """
     from transformers import LogitsProcessorList
 
-    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    scripts = {False: [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts],
+               True: [tokenizer(t, add_special_tokens=False)["input_ids"] for t in answers or ()]}
     response_id = tokenizer.convert_tokens_to_ids("<tool_response>")
     original = model.generate
-    forced = [0]  # rows forced so far
+    forced = {False: 0, True: 0}  # rows forced so far, per turn
 
     def generate(*args: Any, **kwargs: Any):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is not None and not bool((ids == response_id).any()):
+        turn2 = ids is not None and bool((ids == response_id).any())
+        if ids is not None and scripts[turn2]:
             processors = kwargs.pop("logits_processor", None) or LogitsProcessorList()
-            processors.append(_scripted_turn_processor(rows, ids.shape[1], forced[0]))
+            processors.append(_scripted_turn_processor(scripts[turn2], ids.shape[1], forced[turn2]))
             kwargs["logits_processor"] = processors
-            forced[0] += ids.shape[0]
+            forced[turn2] += ids.shape[0]
         return original(*args, **kwargs)
 
     model.generate = generate

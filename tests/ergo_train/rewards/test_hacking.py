@@ -24,7 +24,15 @@ def test_every_hack_ranks_as_intended_with_the_human_label_judge(sample_id):
     assert by["whole_image"]["r_box"] == 0.0 and by["whole_image"]["r_region"] == 1.0  # r_box is what stops it
     assert by["tiny_box"]["r_region"] == 0.0
     assert max(r["total"] for r in rows if r["hack"] not in ("reference", "reference_tag", "reference_hermes",
-                                                             "very_long_think")) <= 3.0
+                                                             "reference_bbox_2d", "very_long_think")) <= 3.0
+    # the TCE gates: none of these farms more than a correct answer given at once without zooming (1.0)
+    bar = by["answer_without_zoom"]["total"]
+    assert bar == 1.0
+    for name in ("zoom_without_answer", "two_answers", "tag_never_executed", "subpixel_box", "normalized_box",
+                 "wrong_tool_name"):
+        assert by[name]["r_box"] == 0.0 and by[name]["total"] <= bar + 1.0, (name, by[name])
+    for name in ("zoom_without_answer", "two_answers", "tag_never_executed", "wrong_tool_name"):
+        assert by[name]["r_tce"] == 0.0 and by[name]["total"] <= bar, (name, by[name])
 
 
 def test_rule_expectations_hold_without_a_judge():

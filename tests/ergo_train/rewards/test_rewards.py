@@ -81,7 +81,7 @@ def test_make_reward_names_params_and_errors():
     assert isinstance(f, functools.partial) and f.func is r_box and f.__name__ == "r_box"
     with pytest.raises(RewardConfigError, match="unknown reward 'r_boxx'; valid rewards: r_format"):
         make_reward("r_boxx")
-    with pytest.raises(RewardConfigError, match="has no parameter 'gama'; valid: gamma, max_pixels"):
+    with pytest.raises(RewardConfigError, match="has no parameter 'gama'; valid: gamma, min_region, complete_only, max_pixels"):
         make_reward("r_box", gama=0.5)
     with pytest.raises(RewardConfigError, match="gamma must be a finite number"):
         make_reward("r_box", gamma=float("nan"))
@@ -148,8 +148,9 @@ def test_box_rewards_follow_the_clamped_area(x1, y1, x2, y2):
     assert fmt == (1.0 if usable else 0.0)  # partly outside: clamped, format kept; wholly outside: 0
     if usable:
         frac = (cx2 - cx1) * (cy2 - cy1) / (W * H)
-        if abs(frac - 0.6) > 1e-9:  # away from the threshold, r_box is exactly the area test
-            assert box == (1.0 if frac <= 0.6 else 0.0)
+        short = min(cx2 - cx1, cy2 - cy1)  # on the view the model saw: under one 28-px patch it saw nothing
+        if abs(frac - 0.6) > 1e-9 and abs(short - 28) > 1e-6:  # away from the thresholds: exactly the two tests
+            assert box == (1.0 if frac <= 0.6 and short >= 28 else 0.0)
     else:
         assert box == 0.0
 

@@ -75,7 +75,8 @@ def test_answer_parser_is_stricter_than_the_human_grader():
     assert comp.metrics["n"] == 17
     assert comp.metrics["precision"]["value"] == 1.0  # it never credits an answer the human rejected
     missed = sorted((r["id"], r["box_kind"]) for r in comp.rows if r["human"] != r["auto"])
-    assert missed == [("examples/desktop", "ctx"), ("examples/flag", "ctx"), ("examples/queue_time", "ctx")]
+    # "B. Intel" (letter and text agree) now matches as VLMEvalKit reads it; these two still do not
+    assert missed == [("examples/flag", "ctx"), ("examples/queue_time", "ctx")]
 
 
 def test_bad_inputs_are_named(tmp_path):
@@ -96,7 +97,7 @@ def test_report_files(tmp_path):
                                    n_boot=300)
     text = report.read_text()
     assert "## r_region judge `stored:" in text and "## r_acc parser vs human answer_correct" in text
-    assert "| cohen_kappa |" in text and "Disagreements (3)" in text
+    assert "| cohen_kappa |" in text and "Disagreements (2)" in text
     pngs = sorted(p.name for p in (tmp_path / "rep").glob("*.png"))
     assert len(pngs) == 3 and all((tmp_path / "rep" / p).stat().st_size > 1000 for p in pngs)
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())

@@ -144,7 +144,8 @@ def test_other_tool_calls_and_hermes_blocks_are_not_zooms():
     ("A", False), ("E", False), ("Fiji", True), (" fiji. ", True), ('"Fiji"', True), ("FIJI", True),
     ("Fi\u200bji", True),  # zero-width space
     ("B. Fiji", True), ("b) fiji", True), ("A. Fiji", False), ("B. evian", False), ("B or A", False),
-    ("A B C D", False), ("Fiji water", False), ("", False), (None, False),
+    ("A B C D", False), ("Fiji water", True),  # one option named, as VLMEvalKit reads it
+        ("Fiji or evian", False), ("", False), (None, False),
 ])
 def test_answer_matching_with_options(pred, ok):
     assert answer_matches(pred, ["evian", "Fiji", "Poland Spring", "Dasani"], "Fiji", "B") is ok

@@ -43,16 +43,29 @@ def test_a_random_policy_that_never_zooms_gives_zero_variance_groups(rows):
                                               "zero_variance": True, "zoom_rate": 0.0, "difficulty_k": 2}
 
 
+RULES = {"r_format": 1.0, "r_acc": 1.0, "r_box": 0.5}
+
+
 def test_zooms_of_different_size_give_reward_variance(rows):
-    stage = _stage(max_new_tokens=48)
+    stage = _stage(max_new_tokens=48, rewards=RULES)
     model, processor = stage._load()
-    with scripted_first_turn(model, processor.tokenizer, [SMALL, LARGE]):  # run 1 small, run 2 large
-        res = stage.process(rows.slice(0, 1))
+    with scripted_first_turn(model, processor.tokenizer, [SMALL, LARGE], ["<answer>A</answer><|im_end|>"]):
+        res = stage.process(rows.slice(0, 1))  # run 1 zooms small, run 2 on the whole image; both answer A
     r = res.kept.to_pylist()[0]
-    # r_box (weight 0.5) is 1 for the small zoom and 0 for the whole-image one; a random turn 2 has no
-    # <answer>, so r_format = r_acc = 0: totals (0.5, 0.0)
-    assert r["zoom_rate"] == 1.0 and r["reward_mean"] == pytest.approx(0.25)
+    # doll's answer is A: r_format = r_acc = 1 in both runs; r_box (weight 0.5) is 1 for the small zoom and 0
+    # for the whole-image one: totals (2.5, 2.0)
+    assert r["zoom_rate"] == 1.0 and r["acc_rate"] == 1.0 and r["reward_mean"] == pytest.approx(2.25)
     assert r["reward_std"] == pytest.approx(0.25) and r["zero_variance"] is False
+
+
+def test_the_default_reward_set_is_the_training_one(tmp_path):
+    assert _stage().reward_names == ["r_format", "r_acc", "r_region", "r_box"]
+    stage = _stage(rewards_from="pipelines/train_tiny.yaml")
+    assert stage.weights == {"r_format": 1.0, "r_acc": 1.0, "r_region": 1.0, "r_box": 0.5}
+    assert stage.max_pixels == 64 * 28 * 28  # the recipe's budget_tokens
+    (tmp_path / "x.yaml").write_text("name: x\n")
+    with pytest.raises(RecipeError, match="has no 'rewards' mapping"):
+        _stage(rewards_from=str(tmp_path / "x.yaml"))
 
 
 def test_runs_are_seeded_per_sample_whatever_the_order(rows):

@@ -1,8 +1,9 @@
 """Two real GRPO (GSPO preset) steps of the tiny Qwen2.5-VL with TRL's GRPOTrainer and the zoom rollout.
 
-A random model never calls the zoom tool, so turn 1 is forced to write a valid tool call
-(``tests.support.scripted.scripted_first_turn``, a test-only hook); TRL then parses it, runs ``ZoomEnv.zoom``,
-shows the crop, generates turn 2, scores with the real reward functions and updates the weights.
+A random model never calls the zoom tool, so turn 1 is forced to write a valid tool call and turn 2 an
+answer (``tests.support.scripted.scripted_first_turn``, a test-only hook); TRL then parses the call, runs
+``ZoomEnv.zoom``, shows the crop, generates turn 2, scores with the real reward functions and updates the
+weights. A second group of tests runs a real step on batches where one rollout writes a malformed call.
 """
 
 from __future__ import annotations
@@ -33,9 +34,13 @@ LARGE = [0, 0, 400, 400]  # clamped to the whole image: area fraction 1 > gamma 
 DATASET_COLUMNS = {"id", "image", "question", "options", "answer", "answer_letter", "boxes", "width", "height"}
 
 
-def _call(box) -> str:
-    args = dict(zip(("x1", "y1", "x2", "y2"), box, strict=True))
-    return f'<tool_call>\n{json.dumps({"name": "zoom", "arguments": args})}\n</tool_call><|im_end|>'
+# the demo's train split answers C or D: the first answer is right for some samples, the second never
+ANSWERS = ["<answer>C</answer><|im_end|>", "<answer>A</answer><|im_end|>"]
+
+
+def _call(box, name: str = "zoom", arguments=None) -> str:
+    args = dict(zip(("x1", "y1", "x2", "y2"), box, strict=True)) if arguments is None else arguments
+    return f'<tool_call>\n{json.dumps({"name": name, "arguments": args})}\n</tool_call><|im_end|>'
 
 
 def _record_rewards(parts, calls: dict[str, list[dict]]) -> None:
@@ -63,12 +68,12 @@ def trained(demo_set, tmp_path_factory):
     parts = build_trainer(first)
     _record_rewards(parts, calls)
     before = {k: v.detach().clone() for k, v in parts.model.named_parameters()}
-    with scripted_first_turn(parts.model, parts.processor.tokenizer, [_call(SMALL), _call(LARGE)]):
+    with scripted_first_turn(parts.model, parts.processor.tokenizer, [_call(SMALL), _call(LARGE)], ANSWERS):
         train(first, parts)
     recipe = load_train_recipe(RECIPE, [*common, "grpo.max_steps=2", "resume_from_checkpoint=true"])
     parts = build_trainer(recipe)
     _record_rewards(parts, calls)
-    with scripted_first_turn(parts.model, parts.processor.tokenizer, [_call(SMALL), _call(LARGE)]):
+    with scripted_first_turn(parts.model, parts.processor.tokenizer, [_call(SMALL), _call(LARGE)], ANSWERS):
         result = train(recipe, parts)
     return recipe, parts, result, calls, before
 
@@ -139,6 +144,60 @@ def test_step_metrics_are_logged(trained):
         for name in ("r_format", "r_acc", "r_region", "r_box"):
             assert f"rewards/{name}/mean" in h
         assert h["rewards/r_box/mean"] == 0.5
+
+
+@pytest.mark.integration
+def test_format_and_accuracy_carry_signal_end_to_end(trained):
+    """With a real answer turn, r_format and r_acc are no longer constant zeros."""
+    _, _, _, calls, _ = trained
+    fmt = [v for kw in calls["r_format"] for v in kw["values"]]
+    acc = [v for kw in calls["r_acc"] for v in kw["values"]]
+    assert set(fmt) == {1.0}  # every scripted episode is well formed
+    assert set(acc) == {0.0, 1.0}  # C or A: right for some samples, wrong for others
+    for kw in calls["r_acc"]:
+        for completion, letter, value in zip(kw["completions"], kw["answer_letter"], kw["values"], strict=True):
+            assert value == (1.0 if completion[-1]["content"] == f"<answer>{letter}</answer>" else 0.0)
+
+
+# A batch where ONE rollout makes a malformed call and the others make none: before the robust tool loop,
+# TRL answered the bad call with text only and the step crashed in split_pixel_values_by_grid.
+MALFORMED = {
+    "bbox_2d_not_a_list": _call(None, arguments={"bbox_2d": "10, 20, 60, 70"}),
+    "unknown_tool": _call(SMALL, name="crop"),
+    "arguments_a_list": _call(None, arguments=SMALL),
+    "extra_key": _call(None, arguments={"x1": 10, "y1": 20, "x2": 60, "y2": 70, "zoom": 2}),
+    "bad_json": '<tool_call>\n{"name": "zoom", "arguments": {"x1": 10,, }}\n</tool_call><|im_end|>',
+}
+# (String coordinates are not malformed in training: TRL's parser types the arguments by the tool's schema, so
+# "10" reaches both the tool and the rewards as 10.)
+NO_CALL = "I cannot tell where to look.<|im_end|>"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_a_malformed_call_in_a_batch_without_other_calls_still_trains(kind, demo_set, tmp_path):
+    recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "grpo.max_steps=1"])
+    parts = build_trainer(recipe)
+    calls: dict[str, list[dict]] = {}
+    _record_rewards(parts, calls)
+    with scripted_first_turn(parts.model, parts.processor.tokenizer, [MALFORMED[kind], NO_CALL, NO_CALL, NO_CALL],
+                             ANSWERS):
+        result = train(recipe, parts)
+    assert result.global_step == 1 and math.isfinite(result.log_history[-1]["train_loss"])
+    kw = calls["r_format"][0]
+    malformed = [i for i, c in enumerate(kw["completions"]) if "I cannot tell" not in str(c[0].get("content"))]
+    assert len(malformed) == 1
+    i = malformed[0]
+    completion, env = kw["completions"][i], kw["environments"][i]
+    if len(completion) > 1:  # TRL parsed the call and ran it
+        tool = completion[1]
+        assert tool["role"] == "tool" and isinstance(tool["content"][0]["image"], Image.Image)  # an image came back
+        assert tool["content"][1]["text"].startswith("zoom error: ")
+        assert env.zoomed and not env.zoom_ok  # the tool and r_format read the call with one parser...
+    else:  # TRL's parser left the call as text: no tool ran, as for any unreadable call
+        assert "<tool_call>" in completion[0]["content"] and not env.zoomed
+    assert kw["values"][i] == 0.0  # ...and r_format agrees: 0
+    assert calls["r_box"][0]["values"][i] == 0.0
 
 
 @pytest.mark.integration
