@@ -137,6 +137,7 @@ def test_counterfactual_stage_is_registered_and_checks_its_judge():
         cls(judge="ocr", keep="sometimes")
 
 
+@pytest.mark.integration
 def test_counterfactual_stage_keeps_the_board_question_as_needing_zoom(samples):
     """Real OCR: '10 minutes' is read in the board crop, not in the whole image at a small budget."""
     import pyarrow as pa
