@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ergo_data import __version__
@@ -31,8 +32,9 @@ def stages() -> None:
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             kind = "global" if getattr(cls, "is_global", False) else ("source" if title == "sources" else "batch")
             params = describe_params(cls) or [("", "", "")]
-            for i, (k, t, d) in enumerate(params):
-                table.add_row(name if i == 0 else "", kind if i == 0 else "", k, t, d, doc if i == 0 else "")
+            for i, (k, t, d) in enumerate(params):  # escaped: `list[str]` is not rich markup
+                table.add_row(name if i == 0 else "", kind if i == 0 else "", k, escape(t), escape(d),
+                              escape(doc) if i == 0 else "")
         console.print(table)
 
 

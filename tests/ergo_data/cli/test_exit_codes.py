@@ -98,9 +98,13 @@ def test_show_exit_codes(one_image_set, tmp_path):
 
 
 # ---- ergo stages ----------------------------------------------------------------------------------
-def test_stages_prints_real_defaults():
+def test_stages_prints_real_defaults(monkeypatch):
+    from ergo_data.cli.common import console
+
+    monkeypatch.setattr(console, "width", 250)  # a wide terminal: no cell wraps
     res = invoke(["stages"])
     assert res.exit_code == 0 and "PydanticUndefined" not in res.output
+    assert "list[float] | None" in res.output and "['source']" in res.output  # not eaten as rich markup
     for reg in (source_registry, stage_registry):
         for name, cls in reg.items():
             for key, _, default in describe_params(cls):
