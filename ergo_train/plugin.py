@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-CLI_MODULES = ("ergo_train.cli.rewards", "ergo_train.cli.train", "ergo_train.cli.eval")
+CLI_MODULES = ("ergo_train.cli.rewards", "ergo_train.cli.sft", "ergo_train.cli.train", "ergo_train.cli.eval")
 STAGE_MODULES = ("ergo_train.stages.difficulty", "ergo_train.stages.counterfactual")  # importing registers the stages
 
 

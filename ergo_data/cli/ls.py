@@ -1,12 +1,12 @@
 """``ergo ls push|pull|serve``: review samples in a real Label Studio server.
 
-    export LABEL_STUDIO_URL=http://127.0.0.1:8080 LABEL_STUDIO_API_KEY=...
+    ergo ls serve                              # prints: source .ls-data/credentials.env
+    source .ls-data/credentials.env            # LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY, ...
     ergo ls push out/demo --project "demo review" --where "category = 'ocr'" --limit 50
     ergo ls pull --project "demo review" --out out/demo-review
 
 Errors (server down, wrong token, timeouts, bad input) are printed as one sentence that names the URL
-or the item and what to do; the exit code is 2 for a usage or configuration error (no token, a bad URL,
-unset server credentials) and 1 for a failure while working (server unreachable, items not converted).
+or the item and what to do, and the exit code is non-zero.
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ def push(
 
     conn = _connection(url, api_key, timeout)
     with cli_errors(usage=(ValueError,)):  # no samples, a bad --where
-        report = do_push(samples_dir, project, conn, where=where, limit=limit, log=console.print)
+        report = do_push(samples_dir, project, conn, where=where, limit=limit, log=console.print, quiet=False)
     table = Table(title=f"push to {report.project!r} (project id {report.project_id}) at {report.url}")
-    for col in ("selected", "already there", "created", "images uploaded", "images reused", "failed"):
+    for col in ("selected", "already there", "created", "images uploaded", "images reused", "crops uploaded",
+                "failed"):
         table.add_column(col, justify="right")
     table.add_row(
         *map(
@@ -69,6 +70,7 @@ def push(
                 report.created,
                 report.images_uploaded,
                 report.images_reused,
+                report.crops_uploaded,
                 len(report.failed),
             ),
         )
@@ -97,8 +99,10 @@ def pull(
     with cli_errors():
         report = do_pull(project, out, conn, log=console.print)
     console.print(
-        f"{report.tasks} tasks: {report.samples} reviewed samples -> {out}/data, "
-        f"{report.labels} labels -> {out}/labels.parquet"
+        f"{report.tasks} tasks: {report.samples + report.rejected} reviewed: {report.samples} kept -> {out}/data "
+        f"({report.needs_review} with needs_review), {report.rejected} rejected -> {out}/rejects; "
+        f"{report.labels} labels -> {out}/labels.parquet",
+        highlight=False,
     )
     if report.unannotated:
         shown = ", ".join(report.unannotated[:20]) + (" ..." if len(report.unannotated) > 20 else "")
@@ -107,6 +111,15 @@ def pull(
             f"all ids in {out}/pull.json): {shown}",
             highlight=False,
         )
+    if report.incomplete:
+        console.print(
+            f"[yellow]{len(report.incomplete)} annotations lack a required answer[/] (not counted as reviewed; "
+            f"all in {out}/pull.json): ask the annotator to answer and submit again",
+            highlight=False,
+        )
+        for item in report.incomplete[:20]:
+            console.print(f"  {item['id']} by {item['annotator']}: no {', '.join(item['missing'])}", highlight=False)
+    console.print(agreement_table(report.agreement))
     if report.errors:
         for line in report.errors:
             err.print(f"  {line}", highlight=False)
@@ -115,6 +128,22 @@ def pull(
             "and pull again",
             FAILURE_EXIT,
         )
+
+
+def agreement_table(agreement: dict) -> Table:
+    """Agreement per question (``PullReport.agreement``) as a table: counts and Cohen's kappa per pair."""
+    table = Table(title="agreement between annotators (each annotator's latest label per sample)")
+    for col in ("question", "labelled", "2+ annotators", "agree", "disagree", "answers", "Cohen's kappa"):
+        table.add_column(col, justify="left" if col in ("question", "answers", "Cohen's kappa") else "right")
+    for q, a in agreement.items():
+        kappas = "; ".join(
+            f"{'n/a' if p['kappa'] is None else format(p['kappa'], '.2f')} ({p['first']} / {p['second']}, n={p['n']})"
+            for p in a["pairs"]
+        )
+        answers = ", ".join(f"{k} {v}" for k, v in a["answers"].items())
+        table.add_row(q, *map(str, (a["labelled"], a["overlapping"], a["agree"], a["disagree"])), answers,
+                      kappas or "-")
+    return table
 
 
 def serve(
@@ -135,22 +164,38 @@ def serve(
         float, typer.Option("--start-timeout", help="seconds to wait for /health")
     ] = 600.0,
 ) -> None:
-    """Start Label Studio; admin + token from LABEL_STUDIO_USERNAME/_PASSWORD/_USER_TOKEN. Ctrl-C stops it."""
-    from ergo_data.labelstudio.server import DEFAULT_VENV, LabelStudioServer, ServerSettings, label_studio_exe
+    """Start Label Studio on the data dir's own admin account and token (DATA_DIR/credentials.env). Ctrl-C stops it."""
+    from ergo_data.labelstudio.server import (
+        DEFAULT_VENV,
+        LabelStudioServer,
+        label_studio_exe,
+        settings_for_data_dir,
+    )
 
-    with cli_errors(code=USAGE_EXIT):  # unset credentials, no server venv
-        settings = ServerSettings.from_env(
+    with cli_errors(code=USAGE_EXIT):  # unusable data dir credentials, no server venv
+        settings, notes = settings_for_data_dir(
             data_dir.resolve(), host, port, document_root.resolve() if document_root else None
         )
         server = LabelStudioServer(settings, venv or DEFAULT_VENV)
         label_studio_exe(server.venv)
-    with cli_errors():
-        console.print(f"starting Label Studio on {settings.url} (data in {settings.data_dir}) ...")
-        server.start(timeout=start_timeout)
+    console.print(f"starting Label Studio on {settings.url} (data in {settings.data_dir}) ...")
+    with cli_errors():  # exit 1: the port is taken, the server does not come up, its token does not work
+        try:
+            server.start(timeout=start_timeout)
+            creds_file, more = server.claim_credentials()
+        except KeyboardInterrupt:
+            server.stop()
+            raise typer.Exit(130) from None
+        except BaseException:
+            server.stop()
+            raise
     console.print(f"[bold green]Label Studio is up:[/] {server.url}  (log: {server.log_path})")
-    console.print(f"  export LABEL_STUDIO_URL={server.url} LABEL_STUDIO_API_KEY=$LABEL_STUDIO_USER_TOKEN")
+    for note in notes + more:
+        console.print(f"  [yellow]note:[/] {note}", highlight=False)
+    console.print(f"  credentials of this data dir (owner-only): {creds_file}; load them in each shell with")
+    console.print(f"    source {creds_file}", highlight=False)
     console.print(
-        "  (admin account and token are set on the first start of a data dir only)  Ctrl-C stops it."
+        f"  web login: {settings.username} (password in that file). Ctrl-C stops the server.", highlight=False
     )
 
     def on_term(*_: object) -> None:

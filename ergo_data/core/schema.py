@@ -66,6 +66,7 @@ LABELS_SCHEMA = pa.schema([
     pa.field("x1", pa.float64()), pa.field("y1", pa.float64()),
     pa.field("x2", pa.float64()), pa.field("y2", pa.float64()),
     pa.field("lead_time_s", pa.float64()), pa.field("created_at", pa.string()),
+    pa.field("comment", pa.string()),
 ])
 
 # Columns a source may leave null for `decode` to fill.

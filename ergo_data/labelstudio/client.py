@@ -10,10 +10,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from ergo_data.core.errors import ErgoError
+from ergo_data.labelstudio.credentials import local_token_hint
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 IMAGE_STORE_TITLE = "ergo image store"
@@ -21,29 +23,51 @@ REGION_LABEL = "region"
 MODEL_VERSION = "ergo-pipeline"
 CONTROL_NAMES = ("region", "answer_correct", "region_answerable", "comment")
 
+# Above the fold: the question, the answer and both required choices; below them the image with the
+# region box beside the region's full-resolution crop. Paths and the sample itself stay out of task data
+# (the data table shows every data key): the sample travels in the task's meta.
 LABEL_CONFIG = """<View>
-  <Header value="Region: move or redraw the box so it covers what the question needs (no rotation)"/>
-  <Text name="machine_boxes" value="$machine_boxes"/>
-  <RectangleLabels name="region" toName="image">
-    <Label value="region" background="#ff2a00"/>
-  </RectangleLabels>
-  <Image name="image" value="$image" zoom="true" zoomControl="true"/>
-  <Header value="Question"/>
-  <Text name="question" value="$question"/>
-  <Text name="options" value="$options_text"/>
-  <Header value="Answer in the data set"/>
-  <Text name="answer" value="$answer_text"/>
-  <Choices name="answer_correct" toName="question" choice="single" showInline="true">
-    <Choice value="correct"/>
-    <Choice value="wrong"/>
-  </Choices>
-  <Header value="Can the question be answered from the marked region alone?"/>
-  <Choices name="region_answerable" toName="image" choice="single" showInline="true">
-    <Choice value="yes"/>
-    <Choice value="no"/>
-  </Choices>
-  <TextArea name="comment" toName="question" placeholder="comment (optional)" rows="2" maxSubmissions="1"
-            editable="true"/>
+  <View style="display: flex; gap: 24px; align-items: flex-start">
+    <View style="flex: 1">
+      <Header value="Question" size="5"/>
+      <Text name="question" value="$question"/>
+      <Text name="options" value="$options_text"/>
+      <Header value="Answer in the data set" size="5"/>
+      <Text name="answer" value="$answer_text"/>
+    </View>
+    <View style="flex: 1">
+      <Header value="Is the answer correct?" size="5"/>
+      <Choices name="answer_correct" toName="question" choice="single" showInline="true" required="true"
+               requiredMessage="Say whether the answer in the data set is correct">
+        <Choice value="correct"/>
+        <Choice value="wrong"/>
+      </Choices>
+      <Header value="Can the question be answered from the region alone?" size="5"/>
+      <Choices name="region_answerable" toName="image" choice="single" showInline="true" required="true"
+               requiredMessage="Say whether the region alone answers the question">
+        <Choice value="yes"/>
+        <Choice value="no"/>
+      </Choices>
+      <TextArea name="comment" toName="question" placeholder="comment (optional)" rows="2" maxSubmissions="1"
+                editable="true"/>
+    </View>
+  </View>
+  <View style="display: flex; gap: 24px; align-items: flex-start">
+    <View style="flex: 3">
+      <Header value="Image: move or redraw the red box so it covers what the question needs (no rotation)"
+              size="6"/>
+      <Text name="machine_boxes" value="$machine_boxes"/>
+      <RectangleLabels name="region" toName="image">
+        <Label value="region" background="#ff2a00"/>
+      </RectangleLabels>
+      <Image name="image" value="$image" zoom="true" zoomControl="true"/>
+    </View>
+    <View style="flex: 2">
+      <Header value="The pipeline's region at full resolution (what the model sees after zooming)" size="6"/>
+      <Text name="crop_note" value="$crop_note"/>
+      <Image name="crop" value="$crop"/>
+    </View>
+  </View>
 </View>"""
 IMAGE_STORE_CONFIG = '<View><Image name="image" value="$image"/></View>'
 
@@ -103,17 +127,45 @@ def server_errors(conn: Connection) -> Iterator[None]:
             "one with `ergo ls serve`, or pass --url / set LABEL_STUDIO_URL to where it runs."
         ) from None
     except ApiError as e:
-        raise LabelStudioError(_api_error_message(url, e.status_code, e.body)) from None
+        raise LabelStudioError(_api_error_message(conn, e.status_code, e.body)) from None
 
 
-def _api_error_message(url: str, status: int | None, body: Any) -> str:
+def _not_label_studio(conn: Connection) -> str | None:
+    """What the URL is instead of Label Studio (by its ``/health``), or None if Label Studio answers there."""
+    try:
+        r = httpx.get(f"{conn.url}/health", timeout=min(conn.timeout, 10.0))
+        if r.status_code == 200 and r.json().get("status") == "UP":
+            return None
+        seen = f"HTTP {r.status_code} ({r.headers.get('content-type', 'no content type')})"
+    except (httpx.HTTPError, ValueError, AttributeError) as e:
+        seen = type(e).__name__
+    return (
+        f"{conn.url} is not a Label Studio server: its API answered with no JSON and GET {conn.url}/health "
+        f"answered {seen}, where Label Studio answers {{\"status\": \"UP\"}}. Pass --url or set "
+        "LABEL_STUDIO_URL to the server's base URL, e.g. http://127.0.0.1:8080 (no path after the port)."
+    )
+
+
+def _api_error_message(conn: Connection, status: int | None, body: Any) -> str:
+    url = conn.url
     detail = body.get("detail", body) if isinstance(body, Mapping) else body
+    if not isinstance(body, Mapping | list):  # an HTML page or nothing: maybe no Label Studio at all
+        what = _not_label_studio(conn)
+        if what:
+            return what
+        kind = "an HTML page" if "<html" in str(body).lower() else "no JSON"
+        path = urlsplit(url).path
+        return f"Label Studio at {url} answered HTTP {status} with {kind} instead of its API's JSON" + (
+            f": the URL has a path ({path}); pass the server's base URL, e.g. "
+            f"{url[: len(url) - len(path)]} (no path after the port)" if path.strip("/") else ""
+        )
     if status == 401:
+        hint = local_token_hint(url, conn.api_key)
         return (
-            f"Label Studio at {url} rejected the API key (401: {detail}). Pass --api-key or set "
-            "LABEL_STUDIO_API_KEY to your token (Account & Settings in the web UI); a token the server "
-            "was started with (LABEL_STUDIO_USER_TOKEN) works only with "
-            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN=true, which `ergo ls serve` sets."
+            f"Label Studio at {url} rejected the API key (401: {detail}). "
+            + (f"{hint} " if hint else "")
+            + "Otherwise pass --api-key or set LABEL_STUDIO_API_KEY to your token (Account & Settings in "
+            "the web UI)."
         )
     if status == 403:
         return (
@@ -153,21 +205,35 @@ def find_project(ls, title: str, conn: Connection):
     return found[0] if found else None
 
 
-def ensure_project(ls, title: str, conn: Connection):
-    """Reuse the project titled ``title`` if it has ergo's labeling config, else create it."""
+def find_review_project(ls, title: str, conn: Connection):
+    """The review project titled ``title`` (None if there is none); an error for the image store or a
+    project whose labeling config is not ergo's."""
+    if title == IMAGE_STORE_TITLE:
+        raise LabelStudioError(
+            f"{IMAGE_STORE_TITLE!r} at {conn.url} is where `ergo ls push` keeps the images, not a review "
+            "project: pass the --project you pushed to"
+        )
     project = find_project(ls, check_title(title), conn)
     if project is None:
-        return ls.projects.create(
-            title=title,
-            label_config=LABEL_CONFIG,
-            description="ERGO review: region box, answer, answerability (ergo ls push)",
-        )
+        return None
     config = project.label_config or ""
     missing = [n for n in CONTROL_NAMES if f'name="{n}"' not in config]
     if missing:
         raise LabelStudioError(
             f"project {title!r} at {conn.url} exists but its labeling config is not ergo's "
             f"(no control named {', '.join(missing)}): choose another --project name"
+        )
+    return project
+
+
+def ensure_project(ls, title: str, conn: Connection):
+    """Reuse the review project titled ``title``, else create it with ergo's labeling config."""
+    project = find_review_project(ls, title, conn)
+    if project is None:
+        return ls.projects.create(
+            title=title,
+            label_config=LABEL_CONFIG,
+            description="ERGO review: region box, answer, answerability (ergo ls push)",
         )
     return project
 

@@ -1,7 +1,9 @@
 """Lifecycle of a local Label Studio server: install, seed a data dir, start on loopback, wait, stop.
 
 Used by ``ergo ls serve`` and by the test fixture. The server lives in its own venv (``.venv-ls``,
-made by ``scripts/install_ls.sh``) because its pins clash with the workbench's.
+made by ``scripts/install_ls.sh``) because its pins clash with the workbench's. The admin account and
+its token belong to the data dir (``credentials.py``): ``settings_for_data_dir`` before the start,
+``LabelStudioServer.claim_credentials`` after it.
 
 >>> settings = ServerSettings(port=8080, data_dir=Path("/tmp/ls"), username="admin@example.com",
 ...                           password="secret-pass", token="my-token-123")
@@ -27,6 +29,14 @@ from typing import Self
 import httpx
 
 from ergo_data.core.errors import ErgoError
+from ergo_data.labelstudio.credentials import (
+    CREDENTIALS_FILE,
+    Credentials,
+    database_token,
+    initial_credentials,
+    token_works,
+    write_credentials,
+)
 
 LS_VERSION = "1.23.2"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,35 +71,23 @@ class ServerSettings:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    @classmethod
-    def from_env(
-        cls,
-        data_dir: Path,
-        host: str,
-        port: int,
-        document_root: Path | None = None,
-        env: Mapping[str, str] | None = None,
-    ) -> ServerSettings:
-        """Credentials from LABEL_STUDIO_USERNAME / _PASSWORD / _USER_TOKEN; a clear error if one is missing."""
-        env = os.environ if env is None else env
-        names = ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN")
-        missing = [n for n in names if not env.get(n)]
-        if missing:
-            raise LabelStudioServerError(
-                f"set {', '.join(missing)} in the environment: the admin account (an email), its password, "
-                "and its API token (more than 5 characters) are created from them on the first start"
-            )
-        if len(env["LABEL_STUDIO_USER_TOKEN"]) <= 5:
-            raise LabelStudioServerError("LABEL_STUDIO_USER_TOKEN must be longer than 5 characters")
-        return cls(
-            data_dir=data_dir,
-            username=env[names[0]],
-            password=env[names[1]],
-            token=env[names[2]],
-            host=host,
-            port=port,
-            document_root=document_root,
-        )
+
+def settings_for_data_dir(
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    document_root: Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[ServerSettings, list[str]]:
+    """Settings of a start of ``data_dir`` with its own credentials (``credentials.py``), and notes for the user.
+
+    Call it before the start: a data dir without a database yet is a first start.
+    """
+    creds, notes = initial_credentials(data_dir, db_exists=(Path(data_dir) / DB_NAME).exists(), env=env)
+    settings = ServerSettings(
+        data_dir, creds.username, creds.password or "", creds.token, host, port, document_root
+    )
+    return settings, notes
 
 
 def server_env(settings: ServerSettings, base: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -274,6 +272,21 @@ class LabelStudioServer:
                 return
             except subprocess.TimeoutExpired:
                 continue
+
+    def claim_credentials(self) -> tuple[Path, list[str]]:
+        """Once started: check the settings' token against the server (else read the database's) and write
+        ``DATA_DIR/credentials.env`` (0600) with it and the URL; returns its path and notes for the user."""
+        s, notes = self.settings, []
+        if not token_works(self.url, s.token):
+            token = database_token(label_studio_exe(self.venv), server_env(s), s.username)
+            if s.token:
+                notes.append(
+                    f"the stored token was not the server's (changed in Account & Settings?): "
+                    f"{CREDENTIALS_FILE} now holds the database's"
+                )
+            s.token = token
+        creds = Credentials(s.username, s.password or None, s.token)
+        return write_credentials(s.data_dir, creds, self.url), notes
 
     def log_tail(self, n: int = 30) -> str:
         try:

@@ -131,7 +131,13 @@ class Stage:
 
 
 class RowStage(Stage):
-    """A stage written as a generator over row dicts (datatrove style)."""
+    """A stage written as a generator over row dicts (datatrove style).
+
+    ``output_types`` fixes the Arrow type of extra columns the stage adds (otherwise inferred per batch, so
+    a batch where a column is all null would not say what it holds).
+    """
+
+    output_types: ClassVar[Mapping[str, pa.DataType]] = {}
 
     def run(self, rows: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any] | Reject]:  # pragma: no cover
         raise NotImplementedError
@@ -144,7 +150,9 @@ class RowStage(Stage):
                 rejected.append(self.reject(out.row, out.reason, out.detail))
             else:
                 kept.append(out)
-        return StageResult(rows_to_table(kept) if kept else table.schema.empty_table(), rejected)
+        return StageResult(
+            rows_to_table(kept, self.output_types) if kept else table.schema.empty_table(), rejected
+        )
 
 
 class GlobalStage(Stage):

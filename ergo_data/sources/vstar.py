@@ -1,7 +1,8 @@
 """V* bench layout: ``<stem>.json`` beside ``<stem>.<ext>``, in one folder or in category subfolders.
 
 The json has ``question``, ``options`` (``options[0]`` is correct), ``bbox`` (a list of ``[x, y, w, h]``
-absolute pixels) and ``target_object`` (labels). Options are shuffled with a seed and the letter stored.
+absolute pixels), ``target_object`` (labels) and optionally ``image`` (the image file it asks about, relative to
+the json's folder, for several questions on one image; without it the image is the file with the json's stem). Options are shuffled with a seed and the letter stored.
 This reader is shared with evaluation (``ergo_train.eval.evaluate``):
 
 >>> item = read_vstar_item(Path("examples/vstar/signicade.json"), Path("examples/vstar/signicade.JPG"))
@@ -11,6 +12,7 @@ This reader is shared with evaluation (``ergo_train.eval.evaluate``):
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +31,46 @@ class VstarItemError(ItemError):
 
 
 def find_vstar_items(root: Path) -> Iterator[tuple[str, Path, Path | None, str | None]]:
-    """Yield ``(key, json_path, image_path or None, category or None)`` sorted by key."""
+    """Yield ``(key, json_path, image_path or None, category or None)`` sorted by key.
+
+    The image is the one the json names (``"image": "file.jpg"``, relative to the json's folder; several
+    questions may name one image), else the file beside it with the json's stem. None: neither exists (see
+    ``missing_image_detail`` for the reason).
+    """
     for js in sorted(root.rglob("*.json")):
         rel = js.relative_to(root)
         key = rel.with_suffix("").as_posix()
+        category = rel.parts[0] if len(rel.parts) > 1 else None
+        named = named_image(js)
+        if named is not None:
+            image = Path(os.path.normpath(js.parent / named))
+            ok = (image.suffix.lower() in IMAGE_EXTENSIONS and image.is_file()
+                  and image.resolve().is_relative_to(root.resolve()))  # never a file outside the folder
+            yield key, js, (image if ok else None), category
+            continue
         images = sorted(p for p in js.parent.glob(js.stem + ".*")
                         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        category = rel.parts[0] if len(rel.parts) > 1 else None
         yield key, js, (images[0] if images else None), category
+
+
+def named_image(json_path: Path) -> str | None:
+    """The ``image`` a V* json names explicitly, or None (no such key, or the json is unreadable: then
+    ``read_vstar_item`` reports it)."""
+    try:
+        meta = load_json_file(json_path)
+    except ValueError:
+        return None
+    value = meta.get("image") if isinstance(meta, dict) else None
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def missing_image_detail(json_path: Path) -> str:
+    """Why ``find_vstar_items`` found no image for ``json_path``."""
+    named = named_image(json_path)
+    if named is not None:
+        return (f"{json_path.name}: names image {named!r}, which is not an image file inside the folder "
+                f"(looked for {str(json_path.parent / named)!r})")
+    return f"{json_path.name}: no image with stem {json_path.stem!r} beside it"
 
 
 def read_vstar_item(json_path: Path, image_path: Path, shuffle_seed: int | None = 0, key: str | None = None,
@@ -76,7 +110,7 @@ def read_vstar_item(json_path: Path, image_path: Path, shuffle_seed: int | None 
         opts, letter = list(options), "A"
     else:
         opts, letter = shuffled_options(options, 0, key or json_path.stem, shuffle_seed)
-    return {
+    return {"option_order": [options.index(o) for o in opts],
         "image_path": str(image_path), "question": question.strip(), "options": opts,
         "answer": options[0], "answer_letter": letter, "boxes": boxes,
         "category": category or meta.get("category"),
@@ -97,7 +131,7 @@ class VstarSource(Source):
         root = self.root
         for key, js, image, category in find_vstar_items(root):
             if image is None:
-                yield self.reject(key, "image_missing", f"{js.name}: no image with stem {js.stem!r} beside it")
+                yield self.reject(key, "image_missing", missing_image_detail(js))
                 continue
             try:
                 item = read_vstar_item(js, image, self.params.shuffle_seed, f"{self.name}/{key}", category)

@@ -1,28 +1,34 @@
-"""Evaluation on V*, HR-Bench and MME-RealWorld: three inference modes on any Hugging Face VLM.
+"""Evaluation on V*, HR-Bench and MME-RealWorld: four inference modes on any VLM, in process or served.
 
 - ``direct``: the full image resized to the pixel budget, the question with lettered options.
-- ``coarse_to_fine``: the two-turn ERGO rollout of training (``ergo_train.rollout.env.run_two_turns``):
+- ``direct_full``: the same at the model's own default budget (``max_pixels`` 16384*28*28): the full-resolution
+  baseline ERGO compares against (4,471 vs 1,025 vision tokens on V*).
+- ``coarse_to_fine``: the two-turn ERGO rollout of training (``ergo_train.rollout.env.two_turn_rollout``):
   turn 1 on the coarse view, the ``zoom`` tool, turn 2 on the full-resolution crop.
 - ``oracle_crop``: the ground-truth box (union) cropped at full resolution and resized to the budget,
   with the same prompt as ``direct``: an upper bound on what a better box would give.
 
-Each (item, mode) gives one record; a malformed item, an unreadable image, an exception, a timeout or
-an unparseable answer is WRONG and stays in the denominator (``eval_report`` counts and lists them).
+Every mode talks to a chat backend (``ergo_train.rollout.chat``): ``TransformersChat`` (``model.generate``) or
+``ergo_train.models.served.ServedChat`` (an OpenAI-compatible server); prompts, views, coordinates and crops are
+built here, the same for both. Each (item, mode, seed) gives one record; a malformed item, an unreadable image, an
+exception, a server error, a timeout or an unparseable answer is WRONG and stays in the denominator.
 
 >>> from ergo_train.eval.loaders import BadItem
 >>> rec = evaluate_item(BadItem("vstar/x", "vstar", "missing_box", "x.json: no 'bbox' list"), "direct",
-...                     None, None, EvalSettings())
+...                     None, EvalSettings())
 >>> rec["status"], rec["correct"], rec["error"]
 ('bad_item', False, "missing_box: x.json: no 'bbox' list")
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,21 +38,29 @@ from PIL import Image
 from ergo_data.core.boxes import Box
 from ergo_data.core.imageio import DecodeError
 from ergo_train.eval.loaders import LETTERS, BadItem, BenchItem
-from ergo_train.rollout.env import run_two_turns, turn2_text, use_tool_chat_template
-from ergo_train.rollout.parsing import answer_matches, parse_answer
+from ergo_train.rollout.chat import ChatBackend, TransformersChat
+from ergo_train.rollout.env import turn2_text, two_turn_rollout
+from ergo_train.rollout.matching import answer_matches
+from ergo_train.rollout.parsing import parse_answer
 from ergo_train.rollout.zoom import budget_max_pixels, coarse_view, crop_at_budget
 
-MODES = ("direct", "coarse_to_fine", "oracle_crop")
+MODES = ("direct", "coarse_to_fine", "oracle_crop", "direct_full")
+FULL_RES_MAX_PIXELS = budget_max_pixels(16384)  # Qwen2.5-VL's own default max_pixels
+MATCHER = "ergo rule matcher (ergo_train.rollout.matching.answer_matches on parsing.parse_answer's <answer>, else the whole output)"
 
 
 @dataclass
 class EvalSettings:
-    """Inference settings shared by the modes. ``generate_kwargs`` are extra ``model.generate`` arguments."""
+    """Inference settings shared by the modes. ``generate_kwargs`` are extra ``model.generate`` arguments (in
+    process); ``concurrency`` items run at once (served backends); ``temperature`` 0 is greedy."""
 
     max_pixels: int = budget_max_pixels(1280)  # budget of every image shown (Qwen smart_resize)
     max_new_tokens: int = 256  # per generation (per turn in coarse_to_fine)
     timeout_s: float | None = None  # an item over this wall time is a timeout (WRONG)
     generate_kwargs: dict[str, Any] = field(default_factory=dict)
+    full_max_pixels: int = FULL_RES_MAX_PIXELS  # budget of direct_full
+    concurrency: int = 1
+    temperature: float = 0.0
 
 
 # ---- answers -----------------------------------------------------------------------------------
@@ -77,89 +91,66 @@ def parse_choice(text: str, options: list[str]) -> tuple[str | None, str | None]
     return None, f"{where}: {pred[:120]!r}"
 
 
-# ---- generation --------------------------------------------------------------------------------
-def _generation_kwargs(processor, settings: EvalSettings) -> dict[str, Any]:
-    """Greedy decoding, vision placeholders suppressed (a random model would emit them), optional max_time."""
-    from ergo_train.models.processor import VISION_TOKENS
-
-    tok = processor.tokenizer
-    unk = getattr(tok, "unk_token_id", None)
-    ids = [i for i in (tok.convert_tokens_to_ids(t) for t in VISION_TOKENS) if i is not None and i != unk]
+# ---- backends ----------------------------------------------------------------------------------
+def in_process_chat(model, processor, settings: EvalSettings) -> TransformersChat:
+    """The in-process backend with the run's decoding: greedy (or ``temperature``), ``max_time`` = the timeout."""
     kwargs: dict[str, Any] = {"do_sample": False}
-    if ids:
-        kwargs["suppress_tokens"] = ids
+    if settings.temperature > 0:
+        kwargs.update(do_sample=True, temperature=settings.temperature)
     if settings.timeout_s:
         kwargs["max_time"] = float(settings.timeout_s)
     kwargs.update(settings.generate_kwargs)
-    return kwargs
+    return TransformersChat(model, processor, max_new_tokens=settings.max_new_tokens, generate_kwargs=kwargs)
 
 
-def generate_single(model, processor, image: Image.Image, text: str, settings: EvalSettings) -> tuple[str, int, int]:
-    """One user turn (``image`` then ``text``) with the processor's own chat template.
-
-    Returns ``(output text, vision tokens in the input, generated tokens)``; the vision tokens are counted
-    in the processor's ``input_ids``, so they are what the model actually saw.
-    """
-    import torch
-
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
-    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
-                                           return_tensors="pt").to(model.device)
-    image_token_id = getattr(model.config, "image_token_id", None)
-    seen = int((inputs["input_ids"] == image_token_id).sum()) if image_token_id is not None else None
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=settings.max_new_tokens,
-                             **_generation_kwargs(processor, settings))
-    new_ids = out[0, inputs["input_ids"].shape[1]:]
-    return processor.tokenizer.decode(new_ids, skip_special_tokens=True), seen, int(new_ids.numel())
-
-
-@contextlib.contextmanager
-def tool_chat_template(processor) -> Iterator[None]:
-    """Use TRL's tool-calling template (what training uses) for the duration; restore the original after."""
-    tok = getattr(processor, "tokenizer", None)
-    saved = (processor.chat_template, getattr(tok, "chat_template", None))
-    use_tool_chat_template(processor)
-    try:
-        yield
-    finally:
-        processor.chat_template = saved[0]
-        if tok is not None:
-            tok.chat_template = saved[1]
+def _single_turn(chat: ChatBackend, image: Image.Image, text: str, seed: int | None) -> dict[str, Any]:
+    """One user turn (``image`` then ``text``) with the model's own chat template."""
+    turn = chat.complete([{"role": "user", "content": [{"type": "image", "image": image},
+                                                       {"type": "text", "text": text}]}], seed=seed)
+    return {"output": turn.text, "vision_tokens": turn.vision_tokens, "vision_tokens_turns": [turn.vision_tokens],
+            "generated_tokens": turn.generated_tokens}
 
 
 # ---- one item, one mode ------------------------------------------------------------------------
-def _base_record(item: BenchItem | BadItem, mode: str) -> dict[str, Any]:
-    rec: dict[str, Any] = {"id": item.id, "bench": item.bench, "mode": mode, "category": item.category,
+def _base_record(item: BenchItem | BadItem, mode: str, seed: int) -> dict[str, Any]:
+    rec: dict[str, Any] = {"id": item.id, "bench": item.bench, "mode": mode, "seed": seed, "category": item.category,
                            "status": "ok", "correct": False, "error": None}
     if isinstance(item, BenchItem):
         gt = item.gt_box
-        rec.update(answer_letter=item.answer_letter, answer=item.answer, options=item.options,
-                   gt_box=list(gt.as_tuple()) if gt else None)
+        rec.update(question=item.question, answer_letter=item.answer_letter, answer=item.answer, options=item.options,
+                   gt_box=list(gt.as_tuple()) if gt else None, index=item.index,
+                   cycle_category=item.cycle_category, option_order=item.option_order,
+                   shuffle_seed=item.shuffle_seed)
+        if item.columns:
+            rec["columns"] = item.columns
     return rec
 
 
-def _run_direct(item: BenchItem, image: Image.Image, model, processor, s: EvalSettings) -> dict[str, Any]:
+def _run_direct(item: BenchItem, image: Image.Image, chat: ChatBackend, s: EvalSettings,
+                seed: int | None) -> dict[str, Any]:
     view, _ = coarse_view(image, s.max_pixels)
-    text, tokens, gen = generate_single(model, processor, view, turn2_text(item.question, item.options), s)
-    return {"output": text, "vision_tokens": tokens, "vision_tokens_turns": [tokens], "generated_tokens": gen,
-            "box_area_frac": 1.0}
+    return {**_single_turn(chat, view, turn2_text(item.question, item.options), seed), "box_area_frac": 1.0}
 
 
-def _run_oracle(item: BenchItem, image: Image.Image, model, processor, s: EvalSettings) -> dict[str, Any]:
+def _run_direct_full(item: BenchItem, image: Image.Image, chat: ChatBackend, s: EvalSettings,
+                     seed: int | None) -> dict[str, Any]:
+    view, _ = coarse_view(image, s.full_max_pixels)
+    return {**_single_turn(chat, view, turn2_text(item.question, item.options), seed), "box_area_frac": 1.0}
+
+
+def _run_oracle(item: BenchItem, image: Image.Image, chat: ChatBackend, s: EvalSettings,
+                seed: int | None) -> dict[str, Any]:
     gt = item.gt_box
     crop = crop_at_budget(image, gt, s.max_pixels)
-    text, tokens, gen = generate_single(model, processor, crop, turn2_text(item.question, item.options), s)
-    return {"output": text, "vision_tokens": tokens, "vision_tokens_turns": [tokens], "generated_tokens": gen,
+    return {**_single_turn(chat, crop, turn2_text(item.question, item.options), seed),
             "pred_box": list(gt.as_tuple()), "box_area_frac": gt.area / (image.size[0] * image.size[1])}
 
 
-def _run_coarse_to_fine(item: BenchItem, image: Image.Image, model, processor, s: EvalSettings) -> dict[str, Any]:
+def _run_coarse_to_fine(item: BenchItem, image: Image.Image, chat: ChatBackend, s: EvalSettings,
+                        seed: int | None) -> dict[str, Any]:
     row = {"id": item.id, "image": image, "question": item.question, "options": item.options,
            "answer": item.answer}
-    with tool_chat_template(processor):
-        res = run_two_turns(model, processor, row, s.max_pixels, max_new_tokens=s.max_new_tokens,
-                            generate_kwargs=_generation_kwargs(processor, s))
+    res = two_turn_rollout(chat, row, s.max_pixels, seed=seed)
     zoom = res.zoom
     pred: Box | None = zoom.box if zoom is not None and zoom.ok else None
     gt = item.gt_box
@@ -177,6 +168,7 @@ def _run_coarse_to_fine(item: BenchItem, image: Image.Image, model, processor, s
 
 RUNNERS: dict[str, Callable[..., dict[str, Any]]] = {
     "direct": _run_direct, "coarse_to_fine": _run_coarse_to_fine, "oracle_crop": _run_oracle,
+    "direct_full": _run_direct_full,
 }
 
 
@@ -188,15 +180,27 @@ def _jsonable(value: Any) -> Any:
         return repr(value)
 
 
-def evaluate_item(item: BenchItem | BadItem, mode: str, model, processor, settings: EvalSettings,
-                  image: Image.Image | Exception | None = None) -> dict[str, Any]:
+def _request_seed(seed: int, item_id: str, mode: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{item_id}:{mode}".encode()).digest()[:4], "little")
+
+
+def _failure_status(e: Exception) -> str:
+    reason = getattr(e, "reason", None)  # ergo_train.models.served.ServedError
+    if reason == "timeout":
+        return "timeout"
+    return "server_error" if reason is not None else "exception"
+
+
+def evaluate_item(item: BenchItem | BadItem, mode: str, chat: ChatBackend | None, settings: EvalSettings,
+                  image: Image.Image | Exception | None = None, seed: int = 0) -> dict[str, Any]:
     """Run ``mode`` on one item; never raises for the item's faults: they become a failed record.
 
-    ``image`` is the decoded image (or the exception decoding raised); None decodes it here.
+    ``image`` is the decoded image (or the exception decoding raised); None decodes it here. ``seed`` is the run's
+    seed (recorded; it seeds sampling when ``settings.temperature > 0``).
     """
     if mode not in RUNNERS:
         raise ValueError(f"unknown mode {mode!r}; valid: {', '.join(MODES)}")
-    rec = _base_record(item, mode)
+    rec = _base_record(item, mode, seed)
     if isinstance(item, BadItem):
         return {**rec, "status": "bad_item", "error": f"{item.reason}: {item.detail}"}
     if image is None:
@@ -207,11 +211,12 @@ def evaluate_item(item: BenchItem | BadItem, mode: str, model, processor, settin
     rec["image_size"] = list(image.size)
     if mode == "oracle_crop" and item.gt_box is None:
         return {**rec, "status": "no_gt_box", "error": "oracle_crop needs a ground-truth box; the item has none"}
+    request_seed = _request_seed(seed, item.id, mode) if settings.temperature > 0 else None
     start = time.perf_counter()
     try:
-        rec.update(RUNNERS[mode](item, image, model, processor, settings))
+        rec.update(RUNNERS[mode](item, image, chat, settings, request_seed))
     except Exception as e:  # noqa: BLE001 - any failure of inference is a WRONG answer, listed with its cause
-        rec.update(status="exception", error=f"{type(e).__name__}: {e}")
+        rec.update(status=_failure_status(e), error=f"{type(e).__name__}: {e}")
     rec["wall_s"] = time.perf_counter() - start
     if rec["status"] == "ok":
         rec["pred_letter"], why = parse_choice(rec.get("output") or "", item.options)
@@ -219,7 +224,7 @@ def evaluate_item(item: BenchItem | BadItem, mode: str, model, processor, settin
             zoom_note = f" (turn 1: {rec['zoom_error']})" if rec.get("zoom_error") else ""
             rec.update(status="unparseable", error=why + zoom_note)
         rec["correct"] = rec["pred_letter"] == item.answer_letter
-    if settings.timeout_s is not None and rec["wall_s"] > settings.timeout_s:
+    if settings.timeout_s is not None and rec["wall_s"] > settings.timeout_s and rec["status"] != "timeout":
         rec.update(status="timeout", correct=False,
                    error=f"{rec['wall_s']:.1f} s > time limit {settings.timeout_s} s")
     return rec
@@ -233,21 +238,47 @@ def decode_item_image(item: BenchItem) -> Image.Image | Exception:
         return e
 
 
-def evaluate(items: Iterable[BenchItem | BadItem], model, processor, modes: Iterable[str], settings: EvalSettings,
-             on_record: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Every mode on every item (the image is decoded once per item); records in item order."""
+def _check_modes(modes: Sequence[str]) -> None:
+    bad = [m for m in modes if m not in RUNNERS]
+    if bad or not modes:
+        raise ValueError(f"unknown mode(s) {bad or list(modes)}; valid: {', '.join(MODES)}")
+
+
+def evaluate(items: Iterable[BenchItem | BadItem], chat: ChatBackend, modes: Iterable[str], settings: EvalSettings,
+             on_record: Callable[[dict[str, Any]], None] | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    """Every mode on every item (the image is decoded once per item); records in item order.
+
+    With ``settings.concurrency > 1`` that many items run at once (for served backends); at most twice that many
+    are held in memory. ``on_record`` sees the records in item order.
+    """
     modes = list(modes)
-    for m in modes:
-        if m not in RUNNERS:
-            raise ValueError(f"unknown mode {m!r}; valid: {', '.join(MODES)}")
-    records = []
-    for item in items:
+    _check_modes(modes)
+
+    def item_records(item: BenchItem | BadItem) -> list[dict[str, Any]]:
         image = decode_item_image(item) if isinstance(item, BenchItem) else None
-        for mode in modes:
-            rec = evaluate_item(item, mode, model, processor, settings, image)
+        return [evaluate_item(item, mode, chat, settings, image, seed) for mode in modes]
+
+    records: list[dict[str, Any]] = []
+
+    def emit(recs: list[dict[str, Any]]) -> None:
+        for rec in recs:
             records.append(rec)
             if on_record is not None:
                 on_record(rec)
+
+    workers = max(1, int(settings.concurrency))
+    if workers == 1:
+        for item in items:
+            emit(item_records(item))
+        return records
+    with ThreadPoolExecutor(workers, thread_name_prefix="ergo-eval") as pool:
+        pending: deque = deque()
+        for item in items:
+            pending.append(pool.submit(item_records, item))
+            while len(pending) >= 2 * workers:
+                emit(pending.popleft().result())
+        while pending:
+            emit(pending.popleft().result())
     return records
 
 
@@ -267,32 +298,42 @@ def load_eval_model(name: str, max_pixels: int, device: str = "auto", dtype: str
 
 
 def run_eval(bench: str, path: str | Path, model_name: str, modes: list[str], out_dir: str | Path, *,
-             settings: EvalSettings | None = None, limit: int | None = None, shuffle_seed: int = 0,
-             device: str = "auto", dtype: str = "auto", model_and_processor: tuple[Any, Any] | None = None,
+             settings: EvalSettings | None = None, limit: int | None = None, seeds: Sequence[int] = (0,),
+             shuffle: bool | None = None, device: str = "auto", dtype: str = "auto",
+             model_and_processor: tuple[Any, Any] | None = None, chat: ChatBackend | None = None,
              on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Path]:
-    """Run ``modes`` of ``model_name`` on ``bench``; write ``results.jsonl`` (streamed) and the report.
+    """Run ``modes`` of ``model_name`` on ``bench`` once per seed; write ``results.jsonl`` (streamed), the
+    VLMEvalKit-layout predictions (``vlmeval/``) and the report.
 
-    Items are read lazily (HR-Bench images are not all held in memory); input errors (path, header) are
-    raised before the model loads. ``on_record(record)`` is called after each record.
+    ``chat`` (e.g. a ``ServedChat``) replaces the in-process model. Each seed reshuffles the options (where the
+    bench shuffles) and seeds sampling. Items are read lazily; input errors (path, header) are raised before the
+    model loads. ``on_record(record)`` is called after each record.
     """
-    from ergo_train.eval.loaders import BENCHES_WITH_BOXES, load_bench
+    from ergo_train.eval.loaders import BENCH_PROFILES, BENCHES_WITH_BOXES, load_bench
     from ergo_train.eval.report import write_report
+    from ergo_train.eval.vlmeval import write_predictions
 
     settings = settings or EvalSettings()
-    bad = [m for m in modes if m not in RUNNERS]
-    if bad:
-        raise ValueError(f"unknown mode(s) {bad}; valid: {', '.join(MODES)}")
+    _check_modes(modes)
     if "oracle_crop" in modes and bench not in BENCHES_WITH_BOXES:
         raise ValueError(f"oracle_crop needs ground-truth boxes and {bench} has none (only "
                          f"{', '.join(BENCHES_WITH_BOXES)})")
-    items = iter(load_bench(bench, path, shuffle_seed=shuffle_seed, limit=limit))
-    first = next(items, None)  # reads the header / first item now: input errors before the model loads
-    items = itertools.chain([first] if first is not None else [], items)
-    model, processor = model_and_processor or load_eval_model(model_name, settings.max_pixels, device, dtype)
+    seeds = list(seeds) or [0]
+    first_items = iter(load_bench(bench, path, shuffle_seed=seeds[0], shuffle=shuffle, limit=limit))
+    first = next(first_items, None)  # reads the header / first item now: input errors before the model loads
+    if chat is None:
+        budget = max([settings.max_pixels] + ([settings.full_max_pixels] if "direct_full" in modes else []))
+        model, processor = model_and_processor or load_eval_model(model_name, budget, device, dtype)
+        chat = in_process_chat(model, processor, settings)
+        backend = f"in process (transformers generate on {getattr(model, 'device', '?')})"
+    else:
+        backend = f"served: {getattr(chat, 'api_base', '?')} (OpenAI chat completions, concurrency " \
+                  f"{settings.concurrency})"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     started = time.strftime("%Y-%m-%d %H:%M:%S")
+    records: list[dict[str, Any]] = []
     with results.open("w", encoding="utf-8") as f:
         def write(rec: dict[str, Any]) -> None:
             f.write(json.dumps(rec, default=str) + "\n")
@@ -300,13 +341,24 @@ def run_eval(bench: str, path: str | Path, model_name: str, modes: list[str], ou
             if on_record is not None:
                 on_record(rec)
 
-        records = evaluate(items, model, processor, modes, settings, on_record=write)
-    meta = {"bench": bench, "path": str(path), "model": model_name, "modes": ", ".join(modes),
-            "items": len(records) // max(len(modes), 1),
-            "malformed items": sum(r["status"] == "bad_item" for r in records) // max(len(modes), 1),
-            "max_pixels": settings.max_pixels, "max_new_tokens": settings.max_new_tokens,
-            "timeout_s": settings.timeout_s, "device": str(getattr(model, "device", "?")),
-            "option shuffle seed": shuffle_seed if bench == "vstar" else "n/a (the file fixes the letters)",
-            "started": started}
-    paths = write_report(records, out, meta)
+        for n, seed in enumerate(seeds):
+            items = itertools.chain([first] if first is not None else [], first_items) if n == 0 else \
+                load_bench(bench, path, shuffle_seed=seed, shuffle=shuffle, limit=limit)
+            records += evaluate(items, chat, modes, settings, on_record=write, seed=seed)
+    _, dataset, _, default_shuffle = BENCH_PROFILES[bench]
+    shuffled = default_shuffle if shuffle is None else shuffle
+    n_items = len(records) // max(len(modes) * len(seeds), 1)
+    meta = {"bench": bench, "path": str(path), "model": model_name, "backend": backend, "modes": ", ".join(modes),
+            "items": n_items,
+            "malformed items": sum(r["status"] == "bad_item" for r in records) // max(len(modes) * len(seeds), 1),
+            "seeds": ", ".join(map(str, seeds)), "max_pixels": settings.max_pixels,
+            "max_new_tokens": settings.max_new_tokens, "timeout_s": settings.timeout_s,
+            "decoding": "greedy" if settings.temperature == 0 else f"sampling, temperature {settings.temperature}",
+            "options": "shuffled per item and seed (order recorded per record)" if shuffled
+            else "in the file's order (the file fixes the letters)",
+            "matcher": MATCHER, "started": started}
+    if "direct_full" in modes:
+        meta["direct_full max_pixels"] = settings.full_max_pixels
+    paths = write_report(records, out, meta, scoring=BENCH_PROFILES[bench][2])
+    paths.update(write_predictions(records, out / "vlmeval", model_name, dataset or bench))
     return {"results": results, **paths}

@@ -4,11 +4,13 @@ Every loader yields, in file order, a ``BenchItem`` (ready to evaluate) or a ``B
 input, with a short ``reason`` and a ``detail`` naming the item): bad items are never skipped, the
 evaluator counts them as WRONG in every mode.
 
-- ``vstar``: ``<stem>.json`` beside its image, in one folder or in category subfolders; read by the
-  pipeline's own reader (``ergo_data.sources.vstar``). The json puts the correct option first, so the
-  options are shuffled with a fixed seed and the correct letter is stored.
-- ``hrbench``: HR-Bench's TSV (VLMEvalKit layout): ``index, question, answer (letter), category,
-  A, B, C, D, image`` (base64; a short number instead refers to the image of that ``index``).
+- ``vstar``: ``<stem>.json`` beside its image (or naming it: ``"image": "file.jpg"``), in one folder or in
+  category subfolders; read by the pipeline's own reader (``ergo_data.sources.vstar``). The json puts the
+  correct option first, so the options are shuffled with a seed and the order and correct letter are stored.
+- VLMEvalKit TSVs, by VLMEvalKit's dataset names ``VStarBench``, ``HRBench4K``, ``HRBench8K``, ``MME-RealWorld``
+  (``hrbench`` = ``HRBench4K``, ``tsv`` = any such TSV): ``index, question, answer (letter), category,
+  A, B, C, D[, E], image`` (base64; a short number instead refers to the image of that ``index``), optional
+  ``cycle_category`` / ``l2-category``. The file fixes the letters (only ``VStarBench`` is shuffled by default).
 - ``mme``: MME-RealWorld's json list (``Question_id, Image, Text, Answer choices ["(A) ...", ...],
   Ground truth, Task, Subtask, Category``) with ``Image`` relative to the json's folder.
 
@@ -37,12 +39,24 @@ from ergo_data.core.boxes import Box
 from ergo_data.core.errors import ConfigError, ItemError
 from ergo_data.core.files import load_json_file
 from ergo_data.core.imageio import DecodeError, open_rgb, read_info
-from ergo_data.sources.vstar import VstarItemError, find_vstar_items, read_vstar_item
+from ergo_data.sources.vstar import VstarItemError, find_vstar_items, missing_image_detail, read_vstar_item
 
-BENCHES = ("vstar", "hrbench", "mme")
+# bench name -> (reader, VLMEvalKit dataset name, how VLMEvalKit scores it, shuffle options by default)
+BENCH_PROFILES: dict[str, tuple[str, str | None, str, bool]] = {
+    "vstar": ("vstar", "VStarBench", "plain", True),
+    "hrbench": ("tsv", "HRBench4K", "cycle", False),
+    "mme": ("mme", "MME-RealWorld", "mme", False),
+    "VStarBench": ("tsv", "VStarBench", "plain", True),
+    "HRBench4K": ("tsv", "HRBench4K", "cycle", False),
+    "HRBench8K": ("tsv", "HRBench8K", "cycle", False),
+    "MME-RealWorld": ("tsv", "MME-RealWorld", "mme", False),
+    "MME-RealWorld-Lite": ("tsv", "MME-RealWorld-Lite", "mme", False),
+    "tsv": ("tsv", None, "plain", False),
+}
+BENCHES = tuple(BENCH_PROFILES)
 BENCHES_WITH_BOXES = ("vstar",)  # ground-truth boxes: IoU and oracle_crop
 LETTERS = "ABCDEFGHIJ"
-HRBENCH_REQUIRED = ("index", "question", "answer", "image", "A", "B")
+TSV_REQUIRED = ("index", "question", "answer", "image", "A", "B")
 MME_REQUIRED = ("Question_id", "Image", "Text", "Answer choices", "Ground truth")
 _MME_CHOICE = re.compile(r"^\s*\(([A-Z])\)\s*(.*?)\s*$", re.DOTALL)
 
@@ -65,6 +79,11 @@ class BenchItem:
     image_path: str | None = None
     image_bytes: bytes | None = field(default=None, repr=False)
     provenance: dict[str, Any] = field(default_factory=dict)
+    index: str | None = None  # the VLMEvalKit ``index`` (TSV benches), written back into its result layout
+    cycle_category: str | None = None  # HR-Bench: the option rotation group VLMEvalKit averages over
+    option_order: list[int] | None = None  # shown option i is the file's option option_order[i]
+    shuffle_seed: int | None = None  # the seed of that order (None: the file's order)
+    columns: dict[str, str] = field(default_factory=dict, repr=False)  # the TSV row as read, image left out
 
     @property
     def answer(self) -> str:
@@ -99,27 +118,53 @@ class BadItem:
     category: str | None = None
 
 
-def load_bench(bench: str, path: str | Path, *, shuffle_seed: int = 0,
+def load_bench(bench: str, path: str | Path, *, shuffle_seed: int | None = 0, shuffle: bool | None = None,
                limit: int | None = None) -> Iterator[BenchItem | BadItem]:
     """Yield the items of ``bench`` (one of ``BENCHES``) under ``path``; ``limit`` keeps the first N.
 
+    ``shuffle`` (None: the bench's default, on for V* only) reorders each item's options with ``shuffle_seed``
+    (per item, ``ergo_data.qa.choices.shuffled_options``) and records the order in ``option_order``.
     Raises BenchFormatError when the input as a whole is unusable (path missing, header wrong...).
     """
     root = Path(path).expanduser()
+    if bench not in BENCH_PROFILES:
+        raise BenchFormatError(f"unknown bench {bench!r}; valid: {', '.join(BENCHES)}")
     if not root.exists():
         raise BenchFormatError(f"{bench}: path {str(root)!r} does not exist")
-    readers = {"vstar": lambda: load_vstar(root, shuffle_seed), "hrbench": lambda: load_hrbench(root),
+    reader, _, _, default_shuffle = BENCH_PROFILES[bench]
+    seed = shuffle_seed if (default_shuffle if shuffle is None else shuffle) else None
+    prefix = bench.lower()
+    readers = {"vstar": lambda: load_vstar(root, seed), "tsv": lambda: load_tsv(root, prefix, bench),
                "mme": lambda: load_mme(root)}
-    if bench not in readers:
-        raise BenchFormatError(f"unknown bench {bench!r}; valid: {', '.join(BENCHES)}")
-    for n, item in enumerate(readers[bench]()):
+    for n, item in enumerate(readers[reader]()):
         if limit is not None and n >= limit:
             return
+        if reader != "vstar" and seed is not None and isinstance(item, BenchItem):
+            shuffle_item(item, seed)
         yield item
 
 
+def shuffle_item(item: BenchItem, seed: int) -> BenchItem:
+    """Reorder ``item``'s options with ``seed`` (per item id) in place; the correct letter follows its option.
+
+    >>> it = BenchItem("t/2", "t", "Q?", ["a", "b", "c", "d"], "B", None)
+    >>> shuffle_item(it, 0).options, it.answer_letter, it.option_order
+    (['b', 'c', 'd', 'a'], 'A', [1, 2, 3, 0])
+    """
+    from ergo_data.qa.choices import shuffled_options
+
+    original = list(item.options)
+    answer = LETTERS.index(item.answer_letter)
+    order = list(range(len(original)))
+    shuffled, _ = shuffled_options(order, answer, item.id, seed)
+    item.options = [original[i] for i in shuffled]
+    item.answer_letter = LETTERS[shuffled.index(answer)]
+    item.option_order, item.shuffle_seed = shuffled, seed
+    return item
+
+
 # ---- V* ------------------------------------------------------------------------------------------
-def load_vstar(root: Path, shuffle_seed: int = 0) -> Iterator[BenchItem | BadItem]:
+def load_vstar(root: Path, shuffle_seed: int | None = 0) -> Iterator[BenchItem | BadItem]:
     """V*-layout folder, read with the pipeline's ``find_vstar_items`` / ``read_vstar_item``."""
     if not root.is_dir():
         raise BenchFormatError(f"vstar: {str(root)!r} is not a folder of <stem>.json + image pairs")
@@ -128,8 +173,7 @@ def load_vstar(root: Path, shuffle_seed: int = 0) -> Iterator[BenchItem | BadIte
         found = True
         item_id = f"vstar/{key}"
         if image is None:
-            yield BadItem(item_id, "vstar", "image_missing", f"{js.name}: no image with stem {js.stem!r} beside it",
-                          category)
+            yield BadItem(item_id, "vstar", "image_missing", missing_image_detail(js), category)
             continue
         try:
             rec = read_vstar_item(js, image, shuffle_seed, item_id, category)
@@ -141,16 +185,17 @@ def load_vstar(root: Path, shuffle_seed: int = 0) -> Iterator[BenchItem | BadIte
             answer_letter=rec["answer_letter"], category=rec["category"],
             boxes=[Box.from_record(b) for b in rec["boxes"]], image_path=rec["image_path"],
             provenance={"file": str(js.relative_to(root.resolve())), "shuffle_seed": shuffle_seed},
+            option_order=rec["option_order"] if shuffle_seed is not None else None, shuffle_seed=shuffle_seed,
         )
     if not found:
         raise BenchFormatError(f"vstar: no *.json items under {str(root)!r}")
 
 
-# ---- HR-Bench --------------------------------------------------------------------------------------
+# ---- VLMEvalKit TSVs (HR-Bench, VStarBench, MME-RealWorld) ------------------------------------------------------------------------------
 def _tsv_files(root: Path) -> list[Path]:
     files = [root] if root.is_file() else sorted(root.glob("*.tsv"))
     if not files:
-        raise BenchFormatError(f"hrbench: no .tsv file at {str(root)!r}")
+        raise BenchFormatError(f"no .tsv file at {str(root)!r}")
     return files
 
 
@@ -162,9 +207,9 @@ def _tsv_rows(tsv: Path) -> Iterator[tuple[int, dict[str, str | None] | None, st
         with tsv.open("r", encoding="utf-8", newline="") as f:
             reader = csv.reader(f, delimiter="\t")
             header = next(reader, None)
-            missing = [c for c in HRBENCH_REQUIRED if header is None or c not in header]
+            missing = [c for c in TSV_REQUIRED if header is None or c not in header]
             if missing:
-                raise BenchFormatError(f"hrbench: {tsv.name}: missing column(s) {missing}; header is {header}")
+                raise BenchFormatError(f"{tsv.name}: missing column(s) {missing}; header is {header}")
             for fields in reader:
                 line = reader.line_num
                 if len(fields) != len(header):
@@ -172,7 +217,7 @@ def _tsv_rows(tsv: Path) -> Iterator[tuple[int, dict[str, str | None] | None, st
                 else:
                     yield line, dict(zip(header, fields)), ""
     except UnicodeDecodeError as e:
-        raise BenchFormatError(f"hrbench: {tsv.name}: not UTF-8 ({e.reason})") from None
+        raise BenchFormatError(f"{tsv.name}: not UTF-8 ({e.reason})") from None
     finally:
         csv.field_size_limit(old)
 
@@ -187,17 +232,18 @@ def _referenced_images(tsv: Path) -> set[str]:
     return refs
 
 
-def load_hrbench(root: Path) -> Iterator[BenchItem | BadItem]:
-    """HR-Bench TSV file(s): a .tsv path, or a folder whose *.tsv files are read in name order."""
+def load_tsv(root: Path, id_prefix: str = "hrbench", bench: str = "hrbench") -> Iterator[BenchItem | BadItem]:
+    """VLMEvalKit TSV file(s) (``VStarBench``, ``HRBench4K/8K``, ``MME-RealWorld``...): a .tsv path, or a folder whose
+    *.tsv files are read in name order. Ids are ``<prefix>/<index>`` (``<prefix>/<file stem>/<index>`` for a folder)."""
     files = _tsv_files(root)
     for tsv in files:
-        prefix = "hrbench" if len(files) == 1 else f"hrbench/{tsv.stem}"
+        prefix = id_prefix if len(files) == 1 else f"{id_prefix}/{tsv.stem}"
         refs = _referenced_images(tsv)
         images: dict[str, bytes] = {}
         seen: set[str] = set()
         for line, row, problem in _tsv_rows(tsv):
             if row is None:
-                yield BadItem(f"{prefix}/line{line}", "hrbench", "malformed_row", f"{tsv.name} line {line}: {problem}")
+                yield BadItem(f"{prefix}/line{line}", bench, "malformed_row", f"{tsv.name} line {line}: {problem}")
                 continue
             index = (row.get("index") or "").strip()
             item_id = f"{prefix}/{index or f'line{line}'}"
@@ -208,18 +254,21 @@ def load_hrbench(root: Path) -> Iterator[BenchItem | BadItem]:
                 if index in seen:
                     raise ItemError("duplicate_index", f"index {index!r} appears twice")
                 seen.add(index)
-                item = _hrbench_item(row, item_id, category, images)
+                item = _tsv_item(row, item_id, category, images, bench)
                 if index in refs:
                     images[index] = item.image_bytes
             except ItemError as e:  # DecodeError is one too
-                yield BadItem(item_id, "hrbench", e.reason, f"{tsv.name} line {line}: {e}", category)
+                yield BadItem(item_id, bench, e.reason, f"{tsv.name} line {line}: {e}", category)
                 continue
             item.provenance = {"file": tsv.name, "line": line,
                                **{k: row[k] for k in ("cycle_category", "l2-category") if row.get(k)}}
+            item.index, item.cycle_category = index, (row.get("cycle_category") or "").strip() or None
+            item.columns = {k: v for k, v in row.items() if k not in ("image", "image_path") and v is not None}
             yield item
 
 
-def _hrbench_item(row: dict[str, Any], item_id: str, category: str | None, images: dict[str, bytes]) -> BenchItem:
+def _tsv_item(row: dict[str, Any], item_id: str, category: str | None, images: dict[str, bytes],
+              bench: str) -> BenchItem:
     question = (row.get("question") or "").strip()
     if not question:
         raise ItemError("missing_question", "empty 'question'")
@@ -236,13 +285,13 @@ def _hrbench_item(row: dict[str, Any], item_id: str, category: str | None, image
     answer = (row.get("answer") or "").strip().upper()
     if answer not in LETTERS[: len(options)]:
         raise ItemError("bad_answer", f"answer {row.get('answer')!r} is not one of {list(LETTERS[:len(options)])}")
-    data = _hrbench_image(row["image"].strip(), images)
+    data = _tsv_image(row["image"].strip(), images)
     read_info(data)  # header check: unreadable images are listed now, not at inference
-    return BenchItem(id=item_id, bench="hrbench", question=question, options=options, answer_letter=answer,
+    return BenchItem(id=item_id, bench=bench, question=question, options=options, answer_letter=answer,
                      category=category, image_bytes=data)
 
 
-def _hrbench_image(field_text: str, images: dict[str, bytes]) -> bytes:
+def _tsv_image(field_text: str, images: dict[str, bytes]) -> bytes:
     if not field_text:
         raise DecodeError("image_missing", "empty 'image'")
     if len(field_text) <= 64 and field_text.isdigit():

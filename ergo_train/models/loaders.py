@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ergo_train.models.processor import make_processor
-from ergo_train.models.tiny import TINY_NAME, tiny_checkpoint
+from ergo_train.models.tiny import TINY_SIZES, tiny_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -21,8 +21,8 @@ def load_processor(name_or_path: str, max_pixels: int | None = None):
     """Processor of a checkpoint; without torchvision, the video-less Qwen processor is built instead."""
     from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-    if name_or_path == TINY_NAME:
-        name_or_path = str(tiny_checkpoint())
+    if name_or_path in TINY_SIZES:
+        name_or_path = str(tiny_checkpoint(name=name_or_path))
     kwargs: dict[str, Any] = {}
     if max_pixels is not None:
         kwargs["max_pixels"] = max_pixels
@@ -46,14 +46,14 @@ def load_processor(name_or_path: str, max_pixels: int | None = None):
 
 def load_model(name_or_path: str, *, max_pixels: int | None = None, dtype: torch.dtype | str | None = None,
                seed: int = 0, **model_kwargs: Any):
-    """``(model, processor)`` for ``"tiny"`` (the cached tiny checkpoint) or any Qwen-VL checkpoint.
+    """``(model, processor)`` for ``"tiny"`` / ``"tiny-wide"`` (the cached tiny checkpoint) or any Qwen-VL checkpoint.
 
     ``name_or_path`` is ``"tiny"``, a local directory or a hub name (``Qwen/Qwen2.5-VL-7B-Instruct``).
     ``max_pixels`` sets the processor's image budget; ``dtype`` e.g. ``torch.bfloat16`` or ``"auto"``.
     """
     from transformers import AutoModelForImageTextToText
 
-    path = str(tiny_checkpoint(seed)) if name_or_path == TINY_NAME else str(name_or_path)
+    path = str(tiny_checkpoint(seed, name_or_path)) if name_or_path in TINY_SIZES else str(name_or_path)
     if dtype is not None:
         model_kwargs["dtype"] = dtype
     try:

@@ -31,6 +31,9 @@ from pathlib import Path
 from ergo_train.models.processor import make_processor, save_processor
 
 TINY_NAME = "tiny"
+# Named sizes: (text hidden size, attention heads). "tiny" is the tests' model; "tiny-wide" has the capacity to
+# learn the two-turn episode's structure on CPU in minutes (benchmarks/learning.py).
+TINY_SIZES = {"tiny": (32, 2), "tiny-wide": (64, 4)}
 TINY_VERSION = 1  # bump when the tiny architecture, tokenizer corpus or processor changes
 TINY_VOCAB_SIZE = 640
 SPECIAL_TOKENS = (  # Qwen2.5-VL's special tokens, in Qwen's order
@@ -97,20 +100,22 @@ def build_tokenizer(directory: Path | None = None):
     return tokenizer
 
 
-def tiny_config(tokenizer):
-    """The tiny Qwen2.5-VL config: 2 text layers (hidden 32), 2 vision blocks (hidden 32), 14-px patches."""
+def tiny_config(tokenizer, name: str = TINY_NAME):
+    """The tiny Qwen2.5-VL config: 2 text layers (hidden 32; 64 for "tiny-wide"), 2 vision blocks (hidden 32),
+    14-px patches. Heads keep head_dim 16, so Qwen's mrope sections stay as they are."""
+    hidden, heads = TINY_SIZES[name]
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {
-        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096,
-        # mrope_section sums to head_dim / 2 (head_dim = 32 / 2 heads = 16)
+        "vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
+        "num_attention_heads": heads, "num_key_value_heads": heads // 2, "max_position_embeddings": 4096,
+        # mrope_section sums to head_dim / 2 (head_dim = hidden / heads = 16)
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
-    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": 32,
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden,
               "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
               "fullatt_block_indexes": [1]}
     return Qwen2_5_VLConfig(
@@ -120,7 +125,7 @@ def tiny_config(tokenizer):
     )
 
 
-def build_tiny(seed: int = 0, max_pixels: int | None = None):
+def build_tiny(seed: int = 0, max_pixels: int | None = None, name: str = TINY_NAME):
     """Build the tiny random Qwen2.5-VL and its processor in memory; same ``seed`` -> same weights.
 
     The processor uses TRL's ``qwen3_vl`` chat template (Hermes-style tool calls, which Qwen2.5-VL's own
@@ -138,7 +143,7 @@ def build_tiny(seed: int = 0, max_pixels: int | None = None):
     image_processor = Qwen2VLImageProcessorPil(min_pixels=MIN_PIXELS, max_pixels=max_pixels or budget_pixels(1280),
                                                patch_size=14, temporal_patch_size=2, merge_size=2)
     processor = make_processor(tokenizer, image_processor, chat_template=qwen3_vl_chat_template)
-    config = tiny_config(tokenizer)
+    config = tiny_config(tokenizer, name)
     with torch.random.fork_rng(devices=[]):  # CPU generator only; the caller's RNG is left as it was
         torch.manual_seed(seed)
         model = Qwen2_5_VLForConditionalGeneration(config)
@@ -148,31 +153,31 @@ def build_tiny(seed: int = 0, max_pixels: int | None = None):
     return model.eval(), processor
 
 
-def save_tiny(directory: str | os.PathLike, seed: int = 0) -> Path:
+def save_tiny(directory: str | os.PathLike, seed: int = 0, name: str = TINY_NAME) -> Path:
     """Write the tiny model + processor as a checkpoint directory that ``load_model`` reads back."""
-    model, processor = build_tiny(seed)
+    model, processor = build_tiny(seed, name=name)
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     save_processor(processor, out)
-    (out / "ergo_tiny.json").write_text(json.dumps({"tiny_version": TINY_VERSION, "seed": seed}))
+    (out / "ergo_tiny.json").write_text(json.dumps({"tiny_version": TINY_VERSION, "seed": seed, "size": name}))
     return out
 
 
-def tiny_cache_dir(seed: int = 0) -> Path:
+def tiny_cache_dir(seed: int = 0, name: str = TINY_NAME) -> Path:
     """Where the tiny checkpoint for ``seed`` is cached (``$ERGO_CACHE`` or ``~/.cache/ergo``)."""
     root = Path(os.environ.get("ERGO_CACHE", Path.home() / ".cache" / "ergo"))
-    return root / f"tiny-v{TINY_VERSION}-seed{seed}"
+    return root / f"{name}-v{TINY_VERSION}-seed{seed}"
 
 
-def tiny_checkpoint(seed: int = 0) -> Path:
-    """A directory checkpoint of the tiny model, built once per version and seed (atomic rename)."""
-    final = tiny_cache_dir(seed)
+def tiny_checkpoint(seed: int = 0, name: str = TINY_NAME) -> Path:
+    """A directory checkpoint of a tiny model (``name`` in ``TINY_SIZES``), built once per version and seed."""
+    final = tiny_cache_dir(seed, name)
     if (final / "ergo_tiny.json").exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
-    save_tiny(tmp, seed)
+    save_tiny(tmp, seed, name)
     try:
         tmp.rename(final)
     except OSError:  # another process won the race: use its copy

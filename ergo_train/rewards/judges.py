@@ -57,6 +57,8 @@ class Verdict:
     correct: bool
     confidence: float | None = None
     detail: str = ""
+    failed: bool = field(default=False, repr=False, compare=False)  # no verdict could be had (counted not answerable,
+    # reason in ``detail``); never cached, so a transient server failure is asked again next time
 
 
 @dataclass
@@ -110,9 +112,22 @@ class VLMJudge(Judge):
 
     def __init__(self, model: Any = "tiny", *, max_pixels: int = DEFAULT_MAX_PIXELS, batch_size: int = 8,
                  max_new_tokens: int = 16, dtype: str | None = None, device: str | None = None,
-                 device_map: str | None = None) -> None:
+                 device_map: str | None = None, api_base: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 concurrency: int = 8, timeout_s: float = 120.0, retries: int = 4) -> None:
         from ergo_train.models.loaders import load_model
 
+        self.served = None
+        if api_base:  # a served judge (e.g. Qwen2.5-VL-72B on vLLM): ``model`` is its served name
+            import os
+
+            from ergo_train.models.served import ServedChat
+
+            self.served = ServedChat(api_base, str(model), api_key=os.environ.get(api_key_env),
+                                     max_new_tokens=max_new_tokens, temperature=0.0, timeout_s=timeout_s,
+                                     retries=retries, max_concurrency=concurrency)
+            self.model_name, self.max_pixels = f"{api_base}#{model}", int(max_pixels)
+            self.max_new_tokens, self.batch_size = int(max_new_tokens), max(1, int(batch_size))
+            return
         if isinstance(model, (tuple, list)):
             self.model, self.processor = model
             self.model_name = str(getattr(self.model.config, "_name_or_path", "") or f"in-memory-{id(self.model)}")
@@ -155,6 +170,11 @@ class VLMJudge(Judge):
         return inputs.to(self.model.device)
 
     def judge_batch(self, requests: Sequence[JudgeRequest]) -> list[Verdict]:
+        if self.served is not None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(self.served.max_concurrency, thread_name_prefix="ergo-judge") as pool:
+                return list(pool.map(self._served_verdict, requests))
         out: list[Verdict | None] = [None] * len(requests)
         mc = [i for i, r in enumerate(requests) if r.options and self._letter_ids(len(r.options))]
         mc_set = set(mc)
@@ -192,6 +212,36 @@ class VLMJudge(Judge):
         texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         return [Verdict(answer_matches(t.strip(), r.options, r.answer, r.answer_letter), None, f"said {t.strip()!r}")
                 for t, r in zip(texts, requests)]
+
+
+    def _served_verdict(self, r: JudgeRequest) -> Verdict:
+        """The served judge: the same prompt; the option letter from the first token's logprobs (multiple choice)
+        or the greedy reply (open questions). A request that fails for good is a failed verdict with its reason."""
+        from ergo_train.models.served import ServedError
+        from ergo_train.rollout.env import turn2_text
+
+        if r.crop is None:
+            raise JudgeError(f"sample {r.sample_id!r}: the VLM judge needs a crop image")
+        messages = [{"role": "user", "content": [{"type": "image", "image": r.crop},
+                                                 {"type": "text", "text": turn2_text(r.question, r.options)}]}]
+        try:
+            if not r.options:
+                said = self.served.complete(messages).text.strip()
+                return Verdict(answer_matches(said, r.options, r.answer, r.answer_letter), None, f"said {said!r}")
+            top = self.served.next_token_logprobs(messages)
+        except ServedError as e:
+            return Verdict(False, None, f"served judge failed: {e}", failed=True)
+        letters = [chr(65 + i) for i in range(len(r.options))]
+        logps = [top.get(letter) for letter in letters]
+        if all(lp is None for lp in logps):
+            return Verdict(False, 0.0, f"no option letter among the top {len(top)} first tokens")
+        probs = [math.exp(lp) if lp is not None else 0.0 for lp in logps]
+        total = sum(probs)
+        want = ord(r.answer_letter or _letter_for(r)) - 65
+        picked = max(range(len(probs)), key=probs.__getitem__)
+        absent = [letter for letter, lp in zip(letters, logps) if lp is None]
+        note = f"; {', '.join(absent)} not among the top {len(top)} first tokens" if absent else ""
+        return Verdict(picked == want, probs[want] / total, f"picked {letters[picked]}{note}")
 
 
 class _left_padding:
@@ -518,7 +568,7 @@ def judge_regions(judge: Judge, queries: Sequence[RegionQuery], cache: JudgeCach
         requests.append(JudgeRequest(crop, q.question, list(q.options), q.answer, q.answer_letter, q.sample_id, q.box))
     for i, v in zip(todo, judge.judge_batch(requests) if requests else []):
         verdicts[i] = v
-        if cache is not None and keys[i] is not None:
+        if cache is not None and keys[i] is not None and not v.failed:
             cache.put(keys[i], v)
     for i, j in duplicates:
         verdicts[i] = verdicts[j]

@@ -22,7 +22,8 @@ class StepMetrics:
     ``ergo/zoom_area_frac`` (crop area / image area), ``ergo/zoom_too_small_rate`` (zooms under one patch in the
     coarse view: r_box pays nothing for them), ``ergo/vision_tokens_turn1|turn2|total`` and
     ``ergo/zero_variance_groups`` (groups whose weighted reward std < 1e-4, Mini-o3's criterion; TRL also
-    logs ``frac_reward_zero_std`` with an exact-zero test).
+    logs ``frac_reward_zero_std`` with an exact-zero test) and ``ergo/group_std/<component>`` (the mean over groups
+    of each component's std within its group: where it is 0 the component teaches nothing).
     """
 
     def __init__(self, weights: Mapping[str, float], num_generations: int) -> None:
@@ -30,6 +31,7 @@ class StepMetrics:
         self.num_generations = num_generations
         self._pending: dict[str, list[float | None]] = {}
         self.history: list[dict[str, float]] = []  # one entry per scoring call (also on the trainer's log)
+        self.group_totals: list[list[float]] = []  # per scoring call: each group's mean weighted reward
 
     def record(self, name: str, values: Sequence[float | None], completions: Sequence[Any],
                kwargs: Mapping[str, Any]) -> None:
@@ -53,6 +55,9 @@ class StepMetrics:
         g = self.num_generations
         groups = [totals[i:i + g] for i in range(0, n - n % g, g)] if g > 1 else []
         zero = [_std(grp) < ZERO_STD for grp in groups]
+        self.group_totals.append([_mean(grp) for grp in groups])
+        spread = {f"ergo/group_std/{name}": _mean([_std([_num(x) for x in v[i:i + g]]) for i in range(0, n - n % g, g)])
+                  if g > 1 else math.nan for name, v in values.items()}
         kept = [any(isinstance(m, Mapping) and m.get("role") == "tool" for m in c) if isinstance(c, list) else False
                 for c in completions]
         envs = list(environments or [None] * n)
@@ -76,7 +81,12 @@ class StepMetrics:
             "ergo/vision_tokens_total": (sum(t1) + sum(t2)) / len(t1) if t1 else math.nan,
             "ergo/zero_variance_groups": sum(zero) / len(zero) if zero else math.nan,
             "ergo/reward_total": _mean(totals),
+            **spread,
         }
+
+
+def _num(value: float | None) -> float:
+    return 0.0 if value is None or math.isnan(value) else float(value)
 
 
 def _mean(xs: Sequence[float]) -> float:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ergo_data.core.boxes import Box, BoxError
 from ergo_data.core.errors import ConfigError
+from ergo_data.core.labels import QuestionAgreement, agreement
 from ergo_train.rewards.judges import Judge, JudgeCache, JudgeError, RegionQuery, judge_regions
 from ergo_train.rollout.matching import answer_matches
 from ergo_train.rollout.parsing import parse_completion
@@ -262,12 +263,19 @@ def _completion_value(value: Any) -> Any:
 
 
 # ---- report ----------------------------------------------------------------------------------------
-def write_report(out_dir: str | Path, comparisons: Sequence[Comparison], inputs: Mapping[str, str]) -> Path:
-    """``report.md``, ``metrics.json``, ``items.jsonl`` and PNG plots into ``out_dir``; returns the report path."""
+def write_report(out_dir: str | Path, comparisons: Sequence[Comparison], inputs: Mapping[str, str],
+                 label_agreement: Mapping[str, QuestionAgreement] | None = None) -> Path:
+    """``report.md``, ``metrics.json``, ``items.jsonl`` and PNG plots into ``out_dir``; returns the report path.
+
+    ``label_agreement`` (``ergo_data.core.labels.agreement`` of the labels) adds how far the human labels
+    themselves can be trusted: the annotators' agreement per question.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["# Reward validation report", ""]
     lines += [f"- {k}: `{v}`" for k, v in inputs.items()]
+    if label_agreement is not None:
+        lines += _agreement_lines(label_agreement)
     summary = []
     with open(out / "items.jsonl", "w", encoding="utf-8") as items:
         for i, comp in enumerate(comparisons):
@@ -285,8 +293,9 @@ def write_report(out_dir: str | Path, comparisons: Sequence[Comparison], inputs:
             if comp.metrics["roc_auc"]["value"] is not None:
                 lines.append(f"![ROC]({_plot_roc(comp, out / f'{slug}_roc.png').name})")
             lines += _breakdown_lines(comp) + _disagreement_lines(comp) + _skipped_lines(comp)
-    (out / "metrics.json").write_text(json.dumps({"inputs": dict(inputs), "comparisons": summary}, indent=2,
-                                                 default=str), encoding="utf-8")
+    doc = {"inputs": dict(inputs), "comparisons": summary,
+           "label_agreement": {q: a.as_dict() for q, a in (label_agreement or {}).items()}}
+    (out / "metrics.json").write_text(json.dumps(doc, indent=2, default=str), encoding="utf-8")
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
@@ -311,6 +320,16 @@ def _metric_lines(m: Mapping[str, Any]) -> list[str]:
     lines += ["", "| | automatic: no | automatic: yes |", "|---|---|---|",
               f"| human: no | {c['tn']} | {c['fp']} |", f"| human: yes | {c['fn']} | {c['tp']} |"]
     return lines
+
+
+def _agreement_lines(label_agreement: Mapping[str, QuestionAgreement]) -> list[str]:
+    intro = ("Agreement between annotators on the samples two or more of them labelled (each annotator's latest "
+             "label); a judge cannot be shown to agree with humans better than they agree with each other.")
+    lines = ["", "## How far the human labels can be trusted", "", intro, ""]
+    if not any(a.overlapping for a in label_agreement.values()):
+        return lines + [("No sample was labelled by two annotators: agreement unmeasured (have two annotators "
+                         "review a shared subset to measure it).")]
+    return lines + [f"- {a.summary()}" for a in label_agreement.values()]
 
 
 def _breakdown_lines(comp: Comparison) -> list[str]:
@@ -392,4 +411,4 @@ def run_validation(labels_path: str | Path, samples_path: str | Path, judges: Se
     comps.append(validate_answers(labels, samples).compute(n_boot, seed))
     inputs = {"labels": str(labels_path), "samples": str(samples_path), "label rows": str(len(labels)),
               "bootstrap": f"{n_boot} resamples, seed {seed}"}
-    return write_report(out_dir, comps, inputs), comps
+    return write_report(out_dir, comps, inputs, agreement(labels)), comps

@@ -14,9 +14,10 @@ Pieces, importable on their own (training, evaluation and difficulty profiling s
   ``[image, text]`` blocks. It records ``vision_tokens`` per turn, ``zoom_area_frac``, ``zoom_box``.
 - ``zoom_env_factory(max_pixels)``: the factory to pass as ``environment_factory``.
 - ``use_tool_chat_template(processor)``: TRL's qwen3_vl template (Qwen2.5-VL's own has no tool calls).
-- ``run_two_turns(model, processor, row, max_pixels)``: one sample through both turns with plain
-  ``model.generate`` (inference, evaluation, difficulty); returns a ``TwoTurnResult`` whose
-  ``completion`` has the message layout TRL gives reward functions.
+- ``two_turn_rollout(chat, row, max_pixels)``: one sample through both turns on a chat backend
+  (``ergo_train.rollout.chat``: in-process ``model.generate``, or a served model over HTTP) for inference,
+  evaluation and difficulty; returns a ``TwoTurnResult`` whose ``completion`` has the message layout TRL gives
+  reward functions. ``run_two_turns(model, processor, row, max_pixels)`` is the same with the in-process backend.
 - ``execute_turn1(env, parsed_message)``: turn 1's action run as training runs it (any tool call, or the tag form).
 
 >>> from PIL import Image
@@ -52,6 +53,7 @@ from PIL import Image
 
 from ergo_data.core.boxes import Box, Size
 from ergo_data.core.vision import resized_size, vision_tokens
+from ergo_train.rollout.chat import ChatBackend
 from ergo_train.rollout.parsing import (
     RAW_ARGUMENTS,
     ZOOM_ARGS,
@@ -321,69 +323,61 @@ def execute_turn1(env: ZoomEnv, parsed: Mapping[str, Any]) -> list[dict[str, Any
     return env._apply_zoom(coords, error)
 
 
-def _generate(model, processor, messages, tools, max_new_tokens: int, generate_kwargs: Mapping[str, Any]):
-    import torch
+def first_turn(chat: ChatBackend, row: Mapping[str, Any], max_pixels: int, *, env: ZoomEnv | None = None,
+               seed: int | None = None):
+    """Turn 1 alone on any chat backend: ``(messages, turn, blocks, env)``; ``blocks`` is what turn 1's action
+    returned (``execute_turn1``, None when it called nothing) and ``env.zoom_ok`` whether it was a well-formed
+    zoom, read as the rewards read it."""
+    from ergo_train.rollout.chat import tool_chat_template
 
-    inputs = processor.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True,
-                                           return_dict=True, return_tensors="pt")
-    inputs = inputs.to(model.device)
-    with torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, **dict(generate_kwargs))
-    prompt_ids = inputs["input_ids"][0].tolist()
-    new_ids = out[0, len(prompt_ids):].tolist()
-    return prompt_ids, new_ids
-
-
-def _trim_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            return ids[: i + 1]
-    return ids
-
-
-def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, max_new_tokens: int = 256,
-                  generate_kwargs: Mapping[str, Any] | None = None, env: ZoomEnv | None = None) -> TwoTurnResult:
-    """Run one sample through turn 1, the zoom tool and turn 2 with ``model.generate`` (no TRL trainer).
-
-    The processor must use the tool template (``use_tool_chat_template``) and budget ``max_pixels``.
-    The tool calls are parsed with TRL's parser (the training path), the tag form as a fallback.
-    """
-    from trl.chat_template_utils import add_response_schema, parse_response
-
-    tok = processor.tokenizer
-    if getattr(tok, "response_template", None) is None and getattr(tok, "response_schema", None) is None:
-        add_response_schema(processor)
-    eos_ids = set(_eos_ids(model, tok))
     env = env or ZoomEnv(max_pixels)
     env.reset(**row)
     messages = build_turn1_messages(row, max_pixels)
-    tools = [env.zoom]
-    kwargs = dict(generate_kwargs or {})
-    prompt_ids, ids1 = _generate(model, processor, messages, tools, max_new_tokens, kwargs)
-    ids1 = _trim_at_eos(ids1, eos_ids)
-    parsed1 = parse_response(tok, ids1, prefix=prompt_ids, tools=tools)
-    text1 = tok.decode(ids1, skip_special_tokens=True)
+    turn1 = chat.complete(messages, [env.zoom], chat_template=tool_chat_template(), seed=seed)
+    return messages, turn1, execute_turn1(env, turn1.message), env
+
+
+def two_turn_rollout(chat: ChatBackend, row: Mapping[str, Any], max_pixels: int, *, env: ZoomEnv | None = None,
+                     seed: int | None = None) -> TwoTurnResult:
+    """One sample through turn 1, the zoom tool and turn 2 on any chat backend (in-process or served).
+
+    The prompts, the coarse view, the zoom's mapping and the crop are built here, so a served model sees exactly
+    what ``model.generate`` sees; the backend only renders (with TRL's tool template) and generates. Tool calls are
+    read from the backend's parsed message (TRL's parser in process, the server's tool parser when served), the
+    tag form from the text as a fallback.
+    """
+    from ergo_train.rollout.chat import tool_chat_template
+
+    messages, turn1, blocks, env = first_turn(chat, row, max_pixels, env=env, seed=seed)
+    parsed1 = turn1.message
     completion: list[dict[str, Any]] = [parsed1]
-    blocks = execute_turn1(env, parsed1)
     if blocks is None:
-        return TwoTurnResult(text1, None, None, None, list(env.vision_tokens), completion, len(ids1))
+        return TwoTurnResult(turn1.text, None, None, None, list(env.vision_tokens), completion,
+                             turn1.generated_tokens)
     tool_msg = {"role": "tool", "name": ZOOM_TOOL, "content": blocks}
     completion.append(tool_msg)
     assistant1 = dict(parsed1)
     if not assistant1.get("tool_calls"):  # tag form: keep the text as the assistant turn
-        assistant1 = {"role": "assistant", "content": text1}
-    messages = messages + [assistant1, tool_msg]
-    _, ids2 = _generate(model, processor, messages, tools, max_new_tokens, kwargs)
-    ids2 = _trim_at_eos(ids2, eos_ids)
-    text2 = tok.decode(ids2, skip_special_tokens=True)
-    completion.append({"role": "assistant", "content": text2})
+        assistant1 = {"role": "assistant", "content": turn1.text}
+    turn2 = chat.complete(messages + [assistant1, tool_msg], [env.zoom], chat_template=tool_chat_template(),
+                          seed=None if seed is None else seed + 1)
+    completion.append({"role": "assistant", "content": turn2.text})
     zoom = env.zooms[-1]
     args = list(zoom.requested) if zoom.requested else None
-    return TwoTurnResult(text1, text2, args, zoom, list(env.vision_tokens),
-                         completion, len(ids1) + len(ids2))
+    return TwoTurnResult(turn1.text, turn2.text, args, zoom, list(env.vision_tokens), completion,
+                         turn1.generated_tokens + turn2.generated_tokens)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
-    return ids or [tokenizer.eos_token_id]
+def run_two_turns(model, processor, row: Mapping[str, Any], max_pixels: int, *, max_new_tokens: int = 256,
+                  generate_kwargs: Mapping[str, Any] | None = None, env: ZoomEnv | None = None) -> TwoTurnResult:
+    """``two_turn_rollout`` with the in-process backend (``model.generate``; no TRL trainer).
+
+    ``generate_kwargs`` replace the backend's defaults (greedy, vision placeholders suppressed) key by key.
+    """
+    from ergo_train.rollout.chat import TransformersChat
+
+    chat = TransformersChat(model, processor, max_new_tokens=max_new_tokens,
+                            generate_kwargs={"do_sample": False, **dict(generate_kwargs or {})})
+    return two_turn_rollout(chat, row, max_pixels, env=env)
+
+

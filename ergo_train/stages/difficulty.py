@@ -1,7 +1,9 @@
 """``difficulty``: profile each sample with a policy before training (Mini-o3 style).
 
-The stage runs a policy ``k`` times per sample through the training rollout (``ergo_train.rollout
-.run_two_turns``: coarse view, zoom tool, crop), scores every run with the training rewards, and adds:
+The stage runs a policy ``k`` times per sample through the training rollout (``ergo_train.rollout.env
+.two_turn_rollout``: coarse view, zoom tool, crop), in process or against an OpenAI-compatible server
+(``api_base``, e.g. vLLM; ``model`` is then the served name, the key is read from ``api_key_env``), scores every
+run with the training rewards, and adds:
 
 | column | meaning |
 |---|---|
@@ -44,7 +46,7 @@ from ergo_data.pipeline.contract import Params, Reject, RowStage
 from ergo_data.pipeline.recipe import read_yaml_file
 from ergo_data.pipeline.registry import stage_registry
 from ergo_train.rewards.reward_set import ERGO_REWARD_WEIGHTS, ZERO_STD, build_reward_funcs, reward_weights
-from ergo_train.rollout.env import ZoomEnv, row_image, run_two_turns, use_tool_chat_template
+from ergo_train.rollout.env import ZoomEnv, row_image, two_turn_rollout, use_tool_chat_template
 
 
 class DifficultyParams(Params):
@@ -61,6 +63,11 @@ class DifficultyParams(Params):
     dtype: str = "auto"  # auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16, float32
     device: str | None = None  # e.g. "cuda"; default: where the model loads (CPU without accelerate maps)
     keep_runs: bool = False  # also store each run (turn texts, zoom, rewards) as JSON in `difficulty_runs`
+    api_base: str | None = None  # an OpenAI-compatible server (vLLM): `model` is then the served model's name
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable holding its key (the key never enters the recipe)
+    concurrency: int = Field(8, ge=1)  # runs in flight against api_base
+    timeout_s: float = Field(600.0, gt=0)  # per request
+    retries: int = Field(4, ge=0)  # per request, on 429/5xx/connection errors, with exponential backoff
 
 
 @stage_registry.register("difficulty")
@@ -82,6 +89,7 @@ class DifficultyStage(RowStage):
         self.weights = reward_weights(rewards)
         self.reward_names = list(self.weights)
         self._policy: tuple[Any, Any] | None = None
+        self._backend: Any = None
 
     def _training_reward_set(self) -> tuple[dict[str, Any], int]:
         """The reward spec and budget to score with: a training recipe's, or the params' with r_region's judge."""
@@ -106,6 +114,7 @@ class DifficultyStage(RowStage):
         return 1.0 if (self.params.device or "").startswith("cuda") else 0.0
 
     def _load(self) -> tuple[Any, Any]:
+        """``(model, processor)`` of the in-process policy (loaded once)."""
         if self._policy is None:
             import torch
 
@@ -123,6 +132,27 @@ class DifficultyStage(RowStage):
                 model.to(self.params.device)
             self._policy = (model, use_tool_chat_template(processor))
         return self._policy
+
+    def _chat(self):
+        """The chat backend the runs use: the served model (``api_base``) or the in-process policy."""
+        if self._backend is None:
+            p = self.params
+            if p.api_base:
+                import os
+
+                from ergo_train.models.served import ServedChat
+
+                self._backend = ServedChat(p.api_base, p.model, api_key=os.environ.get(p.api_key_env),
+                                           max_new_tokens=p.max_new_tokens, temperature=p.temperature,
+                                           top_p=p.top_p, timeout_s=p.timeout_s, retries=p.retries,
+                                           max_concurrency=p.concurrency)
+            else:
+                from ergo_train.rollout.chat import TransformersChat
+
+                model, processor = self._load()
+                self._backend = TransformersChat(model, processor, max_new_tokens=p.max_new_tokens,
+                                                 generate_kwargs=self._generate_kwargs(processor))
+        return self._backend
 
     def _generate_kwargs(self, processor) -> dict[str, Any]:
         from ergo_train.models.processor import VISION_TOKENS
@@ -144,24 +174,28 @@ class DifficultyStage(RowStage):
 
     def profile(self, row: dict[str, Any]) -> dict[str, Any]:
         """The difficulty columns of one sample (k seeded runs, scored with the configured rewards)."""
-        import torch
-
-        model, processor = self._load()
+        chat = self._chat()
         image = row_image(row["image"])
         sample = {**row, "image": image}
-        kwargs = self._generate_kwargs(processor)
-        completions, envs, results = [], [], []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_sample_seed(self.params.seed, str(row.get("id"))))
-            if torch.cuda.is_available():
-                torch.cuda.manual_seed_all(_sample_seed(self.params.seed, str(row.get("id"))))
-            for _ in range(self.params.k):
-                env = ZoomEnv(self.max_pixels)
-                res = run_two_turns(model, processor, sample, self.max_pixels,
-                                    max_new_tokens=self.params.max_new_tokens, generate_kwargs=kwargs, env=env)
-                completions.append(res.completion)
-                envs.append(env)
-                results.append(res)
+        envs = [ZoomEnv(self.max_pixels) for _ in range(self.params.k)]
+        seed = _sample_seed(self.params.seed, str(row.get("id")))
+        if self.params.api_base:  # served: the k runs in parallel, each with its own request seed
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(self.params.k, chat.max_concurrency)) as pool:
+                results = list(pool.map(lambda i: two_turn_rollout(chat, sample, self.max_pixels, env=envs[i],
+                                                                   seed=(seed + 2 * i) % (2**31)), range(self.params.k)))
+        else:
+            import torch
+
+            results = []
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                if torch.cuda.is_available():
+                    torch.cuda.manual_seed_all(seed)
+                for env in envs:
+                    results.append(two_turn_rollout(chat, sample, self.max_pixels, env=env))
+        completions = [r.completion for r in results]
         k = self.params.k
         columns = {key: [value] * k for key, value in sample.items()}
         columns["environments"] = envs

@@ -39,6 +39,11 @@ def load_curated(spec: DataSpec, max_pixels: int):
     ``image`` stays the full-resolution original (the zoom tool and the rewards crop from it); TRL shows
     ``images`` in turn 1, the exact view ``ergo_train.rollout.zoom.coarse_view`` gives evaluation too.
     """
+    return load_split(spec).with_transform(_turn1_transform(max_pixels))
+
+
+def load_split(spec: DataSpec):
+    """The curated rows of ``spec`` (its split, its limit) as a ``datasets.Dataset``, ``image`` decoded to PIL."""
     import datasets
 
     ds = datasets.load_dataset("parquet", data_files=parquet_files(spec.path), split="train")
@@ -56,7 +61,7 @@ def load_curated(spec: DataSpec, max_pixels: int):
             raise RecipeError(f"curated set {spec.path!r} has no rows with split {spec.split!r} (splits: {counts})")
     if spec.limit is not None:
         ds = ds.select(range(min(spec.limit, len(ds))))
-    return ds.with_transform(_turn1_transform(max_pixels))
+    return ds
 
 
 def _turn1_transform(max_pixels: int):

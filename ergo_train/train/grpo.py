@@ -20,7 +20,7 @@ from ergo_train.rewards.reward_set import StepMetrics, build_reward_funcs
 from ergo_train.rollout.env import use_tool_chat_template, zoom_env_factory
 from ergo_train.rollout.parsing import ZOOM_TOOL, normalize_tool_call
 from ergo_train.train.data import load_curated
-from ergo_train.train.recipe import TrainRecipe, grpo_config_kwargs
+from ergo_train.train.recipe import TrainRecipe, grpo_config_kwargs, torch_dtype
 
 
 class AnyToolName(dict):
@@ -60,14 +60,6 @@ def robust_trainer_class():
     return ErgoGRPOTrainer
 
 
-def _dtype(name: str, bf16: bool):
-    import torch
-
-    if name == "auto":
-        return torch.bfloat16 if bf16 else torch.float32
-    return getattr(torch, name)
-
-
 @dataclass
 class TrainerParts:
     trainer: Any
@@ -87,7 +79,7 @@ def build_trainer(recipe: TrainRecipe) -> TrainerParts:
     from ergo_train.models.processor import vision_token_ids
 
     bf16 = bool(grpo_config_kwargs(recipe)["bf16"])  # validates the recipe before loading a model
-    model, processor = load_model(recipe.model, max_pixels=recipe.max_pixels, dtype=_dtype(recipe.dtype, bf16))
+    model, processor = load_model(recipe.model, max_pixels=recipe.max_pixels, dtype=torch_dtype(recipe.dtype, bf16))
     use_tool_chat_template(processor)
     config_kw = grpo_config_kwargs(recipe, suppress_token_ids=_known_ids(processor.tokenizer, vision_token_ids))
     try:
@@ -98,15 +90,10 @@ def build_trainer(recipe: TrainRecipe) -> TrainerParts:
         raise RecipeError(f"grpo: {e}") from None
     dataset = load_curated(recipe.data, recipe.max_pixels)
     funcs, metrics = build_reward_funcs(recipe.rewards, recipe.max_pixels, config.num_generations)
-    peft_config = None
-    if recipe.lora is not None:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                                 target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+    peft_config = recipe.lora.peft_config() if recipe.lora is not None else None
     trainer = robust_trainer_class()(model=model, args=config, train_dataset=dataset, reward_funcs=funcs,
-                          processing_class=processor, environment_factory=zoom_env_factory(recipe.max_pixels),
-                          peft_config=peft_config)
+                                     processing_class=processor, peft_config=peft_config,
+                                     environment_factory=zoom_env_factory(recipe.max_pixels))
     return TrainerParts(trainer, model, processor, dataset, metrics, config)
 
 

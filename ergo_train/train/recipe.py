@@ -2,7 +2,7 @@
 
 >>> recipe = load_train_recipe("pipelines/train_tiny.yaml", ["grpo.max_steps=1"])
 >>> recipe.model, recipe.preset, recipe.max_pixels
-('tiny', 'gspo', 50176)
+('out/sft_tiny', 'gspo', 50176)
 >>> kw = grpo_config_kwargs(recipe, use_vllm=False)
 >>> kw["importance_sampling_level"], kw["loss_type"], kw["max_steps"], kw["max_tool_calling_iterations"]
 ('sequence', 'grpo', 1, 1)
@@ -42,6 +42,21 @@ class LoraSpec(Params):
     alpha: int = Field(32, gt=0)
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: str | list[str] = LORA_TARGETS
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=self.target_modules, task_type="CAUSAL_LM")
+
+
+def torch_dtype(name: str, bf16: bool):
+    """The model's dtype for a recipe's ``dtype`` (``auto``: bfloat16 where the config trains in bf16)."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if bf16 else torch.float32
+    return getattr(torch, name)
 
 
 class TrainRecipe(Params):

@@ -31,7 +31,7 @@ MAY_IMPORT: dict[str, set[str]] = {
                            "ergo_train.models"},
     "ergo_train.train": {"ergo_data.core", "ergo_data.pipeline", "ergo_train.rollout", "ergo_train.models",
                          "ergo_train.rewards"},
-    "ergo_train.eval": {"ergo_data.core", "ergo_data.pipeline", "ergo_data.sources", "ergo_train.rollout",
+    "ergo_train.eval": {"ergo_data.core", "ergo_data.pipeline", "ergo_data.qa", "ergo_data.sources", "ergo_train.rollout",
                         "ergo_train.models", "ergo_train.rewards"},
     "ergo_train.stages": {"ergo_data.core", "ergo_data.pipeline", "ergo_train.rollout", "ergo_train.models",
                           "ergo_train.rewards"},

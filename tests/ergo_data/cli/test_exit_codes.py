@@ -133,13 +133,17 @@ def test_ls_push_bad_where_exits_2(demo_set):
 
 
 def test_ls_serve_exit_codes(tmp_path):
-    unset = {"LABEL_STUDIO_USERNAME": "", "LABEL_STUDIO_PASSWORD": "", "LABEL_STUDIO_USER_TOKEN": ""}
-    assert_exit(invoke(["ls", "serve", "--data-dir", str(tmp_path / "d")], env=unset), 2, "LABEL_STUDIO_USERNAME")
-    creds = {"LABEL_STUDIO_USERNAME": "a@example.com", "LABEL_STUDIO_PASSWORD": "a-long-password",
-             "LABEL_STUDIO_USER_TOKEN": "0123456789abcdef"}
+    from ergo_data.labelstudio.server import DB_NAME
+
+    data = tmp_path / "d"
+    foreign = tmp_path / "foreign"  # a data dir some other Label Studio made: no credentials file of ours
+    foreign.mkdir()
+    (foreign / DB_NAME).write_bytes(b"")
+    no_user = {"LABEL_STUDIO_USERNAME": ""}
+    assert_exit(invoke(["ls", "serve", "--data-dir", str(foreign)], env=no_user), 2, "LABEL_STUDIO_USERNAME")
     empty_venv = tmp_path / "no-venv"
-    res = invoke(["ls", "serve", "--data-dir", str(tmp_path / "d"), "--venv", str(empty_venv)], env=creds)
-    assert_exit(res, 2, "no Label Studio server", "install_ls.sh")
+    assert_exit(invoke(["ls", "serve", "--data-dir", str(data), "--venv", str(empty_venv)]), 2,
+                "no Label Studio server", "install_ls.sh")
     # A taken port is found before the server would start; the venv needs only its entry point for that check
     # (the server itself is started for real by tests/support/ls_server.py).
     (empty_venv / "bin").mkdir(parents=True)
@@ -148,8 +152,7 @@ def test_ls_serve_exit_codes(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        res = invoke(["ls", "serve", "--data-dir", str(tmp_path / "d"), "--venv", str(empty_venv), "--port", str(port)],
-                     env=creds)
+        res = invoke(["ls", "serve", "--data-dir", str(data), "--venv", str(empty_venv), "--port", str(port)])
     assert_exit(res, 1, f"port {port}", "already in use")
 
 

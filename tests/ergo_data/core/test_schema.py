@@ -37,7 +37,7 @@ def test_design_column_names_are_the_contract():
                                "vision_tokens_640", "vision_tokens_1280", "crop_vision_tokens_1280"]
     assert REJECT_SCHEMA.names == ["id", "source", "stage", "reason", "detail"]
     assert LABELS_SCHEMA.names == ["id", "annotator", "region_answerable", "answer_correct", "x1", "y1", "x2", "y2",
-                                   "lead_time_s", "created_at"]
+                                   "lead_time_s", "created_at", "comment"]
     assert SAMPLE_SCHEMA.field("boxes").type.value_type.names == ["x1", "y1", "x2", "y2", "label", "source"]
 
 

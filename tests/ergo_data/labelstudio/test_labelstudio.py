@@ -6,6 +6,7 @@ installs .venv-ls and builds its template database, once).
 
 from __future__ import annotations
 
+import functools
 import http.server
 import json
 import secrets
@@ -22,12 +23,13 @@ from typer.testing import CliRunner
 from ergo_data.cli.app import app
 from ergo_data.core.boxes import Box
 from ergo_data.core.schema import LABELS_SCHEMA, validate_row
-from ergo_data.labelstudio.client import Connection, LabelStudioError
+from ergo_data.labelstudio.client import IMAGE_STORE_TITLE, Connection, LabelStudioError
 from ergo_data.labelstudio.pull import PullReport, convert_export, parse_annotation, pull
 from ergo_data.labelstudio.push import prediction_result, push, select_samples
 from ergo_data.labelstudio.server import free_port
 from ergo_data.pipeline.executor.local import run_pipeline
 from ergo_data.pipeline.recipe import load_recipe
+from tests.support.ls_server import choice, rectangle
 from tests.support.paths import ROOT
 
 integration = pytest.mark.integration
@@ -43,30 +45,6 @@ def annotator(ls_server):
 
 def unique_title(prefix: str) -> str:
     return f"{prefix} {secrets.token_hex(3)}"
-
-
-def rectangle(box: Box, size: tuple[int, int], rid: str, rotation: float = 0.0) -> dict:
-    """A RectangleLabels result as the Label Studio editor submits it (percent of the image)."""
-    value = {**box.to_labelstudio(size), "rotation": rotation, "rectanglelabels": ["region"]}
-    return {
-        "id": rid,
-        "from_name": "region",
-        "to_name": "image",
-        "type": "rectanglelabels",
-        "original_width": size[0],
-        "original_height": size[1],
-        "image_rotation": 0,
-        "value": value,
-    }
-
-
-def choice(name: str, value: str) -> dict:
-    return {
-        "from_name": name,
-        "to_name": "image" if name == "region_answerable" else "question",
-        "type": "choices",
-        "value": {"choices": [value]},
-    }
 
 
 def assert_close(box: Box, expected: Box, tol: float = 0.5) -> None:
@@ -143,14 +121,14 @@ def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp
         lead_time=4.0,
     )
 
-    row = by_id[two_boxes_id]  # adds a second box; says nothing about answerability
+    row = by_id[two_boxes_id]  # adds a second box
     size = (row["width"], row["height"])
     first_box = Box.from_record(row["boxes"][0])
     drawn[two_boxes_id] = [first_box, Box(10.5, 20.25, 60.75, 90.125)]
     annotate(
         two_boxes_id,
         [rectangle(b, size, f"b{i}") for i, b in enumerate(drawn[two_boxes_id])]
-        + [choice("answer_correct", "correct")],
+        + [choice("answer_correct", "correct"), choice("region_answerable", "yes")],
         lead_time=7.0,
     )
 
@@ -166,7 +144,7 @@ def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp
     assert report.tasks == len(rows)
     assert sorted(report.unannotated) == sorted(set(by_id) - set(drawn) - {rotated_id})
     assert len(report.errors) == 1 and rotated_id in report.errors[0] and "rotat" in report.errors[0]
-    assert (report.samples, report.labels) == (3, 3)
+    assert (report.samples, report.rejected, report.labels) == (2, 1, 3)
 
     labels = pq.read_table(out / "labels.parquet")
     assert labels.schema.equals(LABELS_SCHEMA)
@@ -184,28 +162,30 @@ def test_round_trip_push_annotate_pull_merge(ls_server, annotator, demo_set, tmp
     )
     assert (label_of[two_boxes_id]["answer_correct"], label_of[two_boxes_id]["region_answerable"]) == (
         True,
-        None,
+        True,
     )
     assert label_of[moved_id]["lead_time_s"] == pytest.approx(12.5)
+    assert label_of[moved_id]["comment"] == "moved the box onto the object"
 
+    # data/: the samples as the merge policy makes them; rejects/: the answer marked wrong
     samples = {r["id"]: r for r in pq.read_table(out / "data").to_pylist()}
-    assert set(samples) == set(drawn)
-    for sid, boxes in drawn.items():
-        sample = samples[sid]
+    assert set(samples) == {moved_id, two_boxes_id}
+    for sid, sample in samples.items():
         validate_row(sample)
-        assert [b["source"] for b in sample["boxes"]] == ["human"] * len(boxes)
-        for rec, box in zip(sample["boxes"], boxes):
-            assert_close(Box.from_record(rec), box)
-        union = Box.union(boxes)
+        union = Box.union(drawn[sid])
+        assert [b["source"] for b in sample["boxes"]] == ["human"]
+        assert_close(Box.from_record(sample["boxes"][0]), union)
         assert sample["box_area_frac"] == pytest.approx(union.area / (sample["width"] * sample["height"]))
-        assert sample["needs_review"] is False
+        assert (sample["needs_review"], sample["annotators"], sample["region_answerable"]) == (False, 1, True)
         assert sample["question"] == by_id[sid]["question"] and sample["answer"] == by_id[sid]["answer"]
     assert samples[moved_id]["boxes"][0]["label"] == by_id[moved_id]["boxes"][0]["label"]
-    assert samples[moved_id]["review_comment"] == "moved the box onto the object"
+    assert samples[moved_id]["review_comment"] == f"{ann_email}: moved the box onto the object"
+    pulled_rejects = pq.read_table(out / "rejects").to_pylist()
+    assert [(r["id"], r["reason"]) for r in pulled_rejects] == [(rejected_id, "human_rejected_answer")]
 
     first_tables = (pq.read_table(out / "labels.parquet"), pq.read_table(out / "data"))
     report2 = pull(title, out, conn)  # pulling again rewrites the same content
-    assert (report2.samples, report2.labels, report2.unannotated) == (3, 3, report.unannotated)
+    assert (report2.samples, report2.labels, report2.unannotated) == (2, 3, report.unannotated)
     assert pq.read_table(out / "labels.parquet").equals(first_tables[0])
     assert pq.read_table(out / "data").equals(first_tables[1])
 
@@ -271,6 +251,7 @@ def test_wrong_token_is_a_clear_401_and_leaves_nothing(ls_server, demo_set):
     with pytest.raises(LabelStudioError) as e:
         push(demo_set, title, ls_server.connection(token="not-the-token"))
     assert "401" in str(e.value) and ls_server.url in str(e.value) and "LABEL_STUDIO_API_KEY" in str(e.value)
+    assert "credentials.env" in str(e.value)  # where a local server's token is
     assert not [p for p in ls_server.connection().client().projects.list() if p.title == title]
     with pytest.raises(LabelStudioError, match="401"):
         pull(title, demo_set / "nowhere", ls_server.connection(token="not-the-token"))
@@ -285,6 +266,45 @@ def test_foreign_project_and_unknown_project(ls_server, demo_set, tmp_path):
         push(demo_set, title, conn, limit=1)
     with pytest.raises(LabelStudioError, match="no project titled"):
         pull(unique_title("never pushed"), tmp_path / "x", conn)
+    with pytest.raises(LabelStudioError, match="not ergo's"):
+        pull(title, tmp_path / "x", conn)
+
+
+@integration
+def test_the_image_store_is_not_a_review_project(ls_server, demo_set, tmp_path):
+    env = {"LABEL_STUDIO_URL": ls_server.url, "LABEL_STUDIO_API_KEY": ls_server.token}
+    push(demo_set, unique_title("store"), ls_server.connection(), limit=1)  # the store exists now
+    for args in (["push", str(demo_set)], ["pull", "--out", str(tmp_path / "store")]):
+        res = CliRunner().invoke(app, ["ls", *args, "--project", IMAGE_STORE_TITLE], env=env)
+        assert res.exit_code == 1 and "keeps the images, not a review project" in res.output
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_url_that_is_not_label_studio_says_what_was_expected(demo_set, tmp_path):
+    # a real HTTP server that is not Label Studio: Python's file server (404 HTML for /api/...)
+    (tmp_path / "www").mkdir()
+    handler = functools.partial(_QuietFiles, directory=str(tmp_path / "www"))
+    www = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=www.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{www.server_address[1]}"
+    try:
+        with pytest.raises(LabelStudioError) as e:
+            push(demo_set, "not ls", Connection(url, "some-token", timeout=10))
+        message = str(e.value)
+        assert f"{url} is not a Label Studio server" in message and '{"status": "UP"}' in message
+        assert f"GET {url}/health answered HTTP 404" in message and "base URL" in message
+        res = CliRunner().invoke(app, ["ls", "pull", "--project", "not ls", "--out", str(tmp_path / "o"),
+                                       "--url", url, "--api-key", "some-token"])
+        assert res.exit_code == 1 and "is not a Label Studio server" in res.output
+    finally:
+        www.shutdown()
+        www.server_close()
+
+
+@integration
+def test_a_path_after_the_port_is_named_too(ls_server, demo_set):
+    with pytest.raises(LabelStudioError, match="no path after the port"):
+        push(demo_set, "with path", Connection(ls_server.url + "/projects", ls_server.token, timeout=30), limit=1)
 
 
 def test_server_down_names_the_url(demo_set, tmp_path):
@@ -308,6 +328,11 @@ def test_server_down_names_the_url(demo_set, tmp_path):
         ],
     )
     assert res.exit_code == 1 and url in res.output and "cannot reach" in res.output
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 class _SlowHandler(http.server.BaseHTTPRequestHandler):
@@ -402,29 +427,34 @@ def _ann(result: list[dict], cancelled: bool = False, when: str = "2026-01-01T00
     }
 
 
+def answers(correct: str = "correct", answerable: str = "yes") -> list[dict]:
+    return [choice("answer_correct", correct), choice("region_answerable", answerable)]
+
+
 def test_convert_export_reports_every_task():
     size = (200, 100)
     tasks = [
-        _export_task(
-            1,
-            "s/ok",
-            [_ann([rectangle(Box(20, 20, 120, 70), size, "a"), choice("answer_correct", "correct")])],
-        ),
+        _export_task(1, "s/ok", [_ann([rectangle(Box(20, 20, 120, 70), size, "a"), *answers()])]),
         _export_task(2, "s/skipped", [_ann([], cancelled=True)]),
         _export_task(3, "s/none", []),
         _export_task(4, None, []),
         _export_task(5, "s/rotated", [_ann([rectangle(Box(20, 20, 120, 70), size, "r", rotation=90)])]),
         _export_task(6, "s/badchoice", [_ann([choice("answer_correct", "maybe")])]),
         _export_task(7, "s/otherimage", [_ann([rectangle(Box(20, 20, 60, 70), (100, 200), "o")])]),
+        _export_task(8, "s/half", [_ann([rectangle(Box(20, 20, 60, 70), size, "h"), choice("answer_correct", "correct")])]),
+        _export_task(9, "s/wrong", [_ann(answers("wrong"))]),
     ]
     report = PullReport("p", 1, "http://ls:8080", "/tmp/x")
-    samples, labels = convert_export(tasks, {3: "ann@example.com"}, report)
-    assert [s["id"] for s in samples] == ["s/ok"] and [lab["id"] for lab in labels] == ["s/ok"]
+    samples, labels, rejects = convert_export(tasks, {3: "ann@example.com"}, report)
+    assert [s["id"] for s in samples] == ["s/ok"] and [lab["id"] for lab in labels] == ["s/ok", "s/wrong"]
     assert (
         samples[0]["image"]["path"] == "http://ls:8080/data/upload/1/abc-x.jpg"
     )  # the sample had bytes only
     assert labels[0]["annotator"] == "ann@example.com" and labels[0]["answer_correct"] is True
+    assert [(r["id"], r["reason"], r["stage"]) for r in rejects] == [("s/wrong", "human_rejected_answer", "labels")]
     assert report.unannotated == ["s/none", "s/skipped"]
+    # an annotation without both required answers is reported and not counted as reviewed
+    assert report.incomplete == [{"id": "s/half", "annotator": "ann@example.com", "missing": ["region_answerable"]}]
     errors = "\n".join(report.errors)
     assert len(report.errors) == 4
     assert "task 4" in errors and "ergo ls push" in errors
@@ -433,12 +463,12 @@ def test_convert_export_reports_every_task():
     assert "'s/otherimage'" in errors and "100x200" in errors
 
 
-def test_latest_annotation_makes_the_sample_every_annotation_a_label():
+def test_each_annotation_a_label_the_annotators_latest_decides():
     size = (200, 100)
-    early = _ann([rectangle(Box(0, 0, 10, 10), size, "e")], when="2026-01-01T00:00:00Z")
-    late = _ann([rectangle(Box(50, 50, 90, 90), size, "l")], when="2026-01-02T00:00:00Z")
+    early = _ann([rectangle(Box(0, 0, 10, 10), size, "e"), *answers()], when="2026-01-01T00:00:00Z")
+    late = _ann([rectangle(Box(50, 50, 90, 90), size, "l"), *answers()], when="2026-01-02T00:00:00Z")
     report = PullReport("p", 1, "http://ls:8080", "/tmp/x")
-    samples, labels = convert_export([_export_task(1, "s/a", [late, early])], {}, report)
-    assert samples[0]["boxes"][0]["x1"] == pytest.approx(50)
+    samples, labels, _ = convert_export([_export_task(1, "s/a", [late, early])], {}, report)
+    assert samples[0]["boxes"][0]["x1"] == pytest.approx(50) and samples[0]["annotators"] == 1
     assert [lab["x1"] for lab in labels] == [pytest.approx(0), pytest.approx(50)]
     assert labels[0]["annotator"] == "3"  # user ids stand in when users cannot be listed

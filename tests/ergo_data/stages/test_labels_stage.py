@@ -44,6 +44,7 @@ def label(
     region_answerable=True,
     created_at="2026-01-01T10:00:00Z",
     annotator="ann@example.com",
+    comment=None,
 ) -> dict:
     x1, y1, x2, y2 = box if box else (None,) * 4
     return {
@@ -57,6 +58,7 @@ def label(
         "y2": y2,
         "lead_time_s": 5.0,
         "created_at": created_at,
+        "comment": comment,
     }
 
 
@@ -90,8 +92,11 @@ def test_replace_reject_and_pass_through(write_labels):
     ]
     assert moved["needs_review"] is False
     assert moved["box_area_frac"] == pytest.approx(50 * 40 / (W * H))
+    assert (moved["annotators"], moved["region_answerable"], moved["review_reason"]) == (1, True, None)
     validate_row(moved)
-    assert kept["s/untouched"] == sample("s/untouched")
+    untouched = sample("s/untouched")
+    assert {k: kept["s/untouched"][k] for k in untouched} == untouched
+    assert kept["s/untouched"]["annotators"] == 0 and kept["s/untouched"]["review_reason"] is None
 
 
 def test_join_keeps_machine_boxes_and_is_idempotent(write_labels):
@@ -105,26 +110,84 @@ def test_join_keeps_machine_boxes_and_is_idempotent(write_labels):
     assert once.to_pylist()[0]["box_area_frac"] == pytest.approx(union.area / (W * H))
 
 
-def test_latest_label_wins_and_missing_box_keeps_machine_boxes(write_labels):
+def test_an_annotators_latest_label_wins_and_missing_box_keeps_machine_boxes(write_labels):
     path = write_labels(
         [
-            label("s/a", answer_correct=False, created_at="2026-01-01T10:00:00Z", annotator="first"),
-            label(
-                "s/a", box=None, answer_correct=True, created_at="2026-01-02T10:00:00Z", annotator="second"
-            ),
+            label("s/a", answer_correct=False, created_at="2026-01-01T10:00:00Z", annotator="ann"),
+            label("s/a", box=None, answer_correct=True, created_at="2026-01-02T10:00:00Z", annotator="ann"),
         ]
     )
     res = run_stage([sample("s/a")], path)
     assert res.rejected == []
     row = res.kept.to_pylist()[0]
-    assert row["boxes"] == sample("s/a")["boxes"] and row["needs_review"] is False
+    assert row["boxes"] == sample("s/a")["boxes"] and row["needs_review"] is False and row["annotators"] == 1
 
 
-def test_unanswerable_dropped_only_when_asked(write_labels):
+def test_unanswerable_is_flagged_by_default_rejected_when_asked(write_labels):
     path = write_labels([label("s/a", region_answerable=False)])
-    assert run_stage([sample("s/a")], path).kept.num_rows == 1
-    res = run_stage([sample("s/a")], path, drop_unanswerable=True)
+    row = run_stage([sample("s/a")], path).kept.to_pylist()[0]
+    assert row["needs_review"] is True and row["region_answerable"] is False
+    assert "region_answerable: ann@example.com says no" in row["review_reason"]
+    res = run_stage([sample("s/a")], path, on_unanswerable="reject")
     assert res.kept.num_rows == 0 and res.rejected[0]["reason"] == "human_region_unanswerable"
+
+
+def test_two_annotators_agree_disagree_and_comments(write_labels):
+    a, b = "a@example.com", "b@example.com"
+    path = write_labels(
+        [
+            # agree on everything, boxes overlap (IoU 0.8): their union replaces the machine box
+            label("s/agree", box=(100.0, 100.0, 150.0, 140.0), annotator=a, comment="fine"),
+            label("s/agree", box=(100.0, 100.0, 140.0, 140.0), annotator=b, comment="  "),
+            # disagree on the answer: kept for review, machine boxes untouched by the disputed answer
+            label("s/answer", answer_correct=True, annotator=a),
+            label("s/answer", answer_correct=False, annotator=b, comment="it is blue"),
+            # both say wrong: rejected
+            label("s/wrong", answer_correct=False, annotator=a),
+            label("s/wrong", answer_correct=False, annotator=b),
+            # boxes far apart: the machine boxes stay, flagged
+            label("s/boxes", box=(0.0, 0.0, 40.0, 40.0), annotator=a),
+            label("s/boxes", box=(300.0, 200.0, 340.0, 240.0), annotator=b),
+            # one annotator only, two required
+            label("s/single", annotator=a),
+        ]
+    )
+    rows = [sample(s) for s in ("s/agree", "s/answer", "s/wrong", "s/boxes", "s/single")]
+    res = run_stage(rows, path, min_annotators=2)
+    kept = {r["id"]: r for r in res.kept.to_pylist()}
+    assert [(r["id"], r["reason"]) for r in res.rejected] == [("s/wrong", "human_rejected_answer")]
+    assert f"{a}, {b} marked the answer 'red' wrong" in res.rejected[0]["detail"]
+
+    agree = kept["s/agree"]
+    assert (agree["needs_review"], agree["annotators"], agree["review_reason"]) == (False, 2, None)
+    assert agree["review_comment"] == f"{a}: fine"
+    assert [(b_["x1"], b_["x2"], b_["source"]) for b_ in agree["boxes"]] == [(100.0, 150.0, "human")]
+
+    answer = kept["s/answer"]
+    assert answer["needs_review"] is True and answer["annotators"] == 2
+    assert answer["review_reason"] == f"answer_correct: {a} says correct, {b} says wrong"
+    assert answer["review_comment"] == f"{b}: it is blue"
+
+    boxes = kept["s/boxes"]
+    assert boxes["needs_review"] is True and boxes["boxes"] == sample("s/boxes")["boxes"]
+    assert f"box: {a} and {b} overlap with IoU 0.00 < 0.5" in boxes["review_reason"]
+
+    single = kept["s/single"]
+    assert single["needs_review"] is True and single["review_reason"] == "1 annotator(s), 2 required"
+
+    strict = run_stage(rows, path, on_disagreement="reject")
+    assert sorted((r["id"], r["reason"]) for r in strict.rejected) == [
+        ("s/answer", "human_disagreement"), ("s/boxes", "human_disagreement"), ("s/wrong", "human_rejected_answer")
+    ]
+    assert strict.kept.schema.field("annotators").type == pa.int32()
+    assert strict.kept.schema.field("region_answerable").type == pa.bool_()
+
+
+def test_review_columns_keep_their_types_in_a_batch_nobody_reviewed(write_labels):
+    path = write_labels([label("s/a")])
+    table = run_stage([sample("s/other")], path).kept
+    assert table.schema.field("region_answerable").type == pa.bool_()
+    assert table.schema.field("review_comment").type == pa.string()
 
 
 def test_human_box_outside_the_image(write_labels):
@@ -158,6 +221,8 @@ def test_bad_labels_file_is_a_recipe_error(tmp_path):
         stage_registry.get("labels")(labels=str(tmp_path / "text.parquet"))
     with pytest.raises(RecipeError, match="box"):
         stage_registry.get("labels")(labels=str(tmp_path / "partial.parquet"), box="merge")
+    with pytest.raises(RecipeError, match="min_annotators"):
+        stage_registry.get("labels")(labels=str(tmp_path / "partial.parquet"), min_annotators=0)
 
 
 def test_parquet_source_keeps_ids_and_rejects_bad_rows(tmp_path):
@@ -195,3 +260,12 @@ def test_merge_recipe_end_to_end(tmp_path, write_labels):
     assert kept["s/a"]["boxes"][0]["source"] == "human" and kept["s/c"]["boxes"][0]["source"] == "annotation"
     rejects = pq.read_table(tmp_path / "v2" / "rejects").to_pylist()
     assert [(r["id"], r["reason"]) for r in rejects] == [("s/b", "human_rejected_answer")]
+
+
+def test_labels_written_before_comments_still_load(tmp_path):
+    old_schema = pa.schema([f for f in LABELS_SCHEMA if f.name != "comment"])
+    path = tmp_path / "old.parquet"
+    row = {k: v for k, v in label("s/a").items() if k != "comment"}
+    pq.write_table(pa.Table.from_pylist([row], schema=old_schema), path)
+    kept = run_stage([sample("s/a")], str(path)).kept.to_pylist()[0]
+    assert kept["annotators"] == 1 and kept["review_comment"] is None

@@ -1,4 +1,4 @@
-"""Exit codes of ``ergo rewards``, ``ergo train`` and ``ergo eval``: 2 for usage or configuration errors,
+"""Exit codes of ``ergo rewards``, ``ergo sft``, ``ergo train`` and ``ergo eval`` (run, score, serve): 2 for usage or configuration errors,
 1 for runtime failures, both printed as one ``error:`` line (no traceback)."""
 
 from __future__ import annotations
@@ -58,3 +58,18 @@ def test_eval_exit_codes(tmp_path):
     target = tmp_path / "a-file"
     target.write_text("")
     assert_exit(base + ["--out", str(target)], 1, str(target))
+
+
+def test_sft_exit_codes(demo_set):
+    recipe = str(ROOT / "pipelines" / "sft_tiny.yaml")
+    assert_exit(["sft", recipe, "--set", "no_such_key=1", "--dry-run"], 2, "no_such_key")
+    assert_exit(["sft", recipe, "--set", f"data.path={demo_set}", "--model", str(demo_set / "no-checkpoint"),
+                 "--dry-run"], 1, "cannot load model")
+
+
+def test_eval_score_and_serve_exit_codes(tmp_path):
+    assert_exit(["eval", "score", str(tmp_path / "none.jsonl")], 2, "does not exist")
+    junk = tmp_path / "results.jsonl"
+    junk.write_text('{"id": "x"}\n')
+    assert_exit(["eval", "score", str(junk)], 2, "not an `ergo eval` results.jsonl")
+    assert_exit(["eval", "serve", "--model", str(tmp_path / "no-checkpoint"), "--port", "0"], 1, "cannot load model")

@@ -243,3 +243,23 @@ def test_mme_choices_round_trip_property(tmp_path_factory, options, data):
     (root / "q.json").write_text(json.dumps([entry]))
     (item,) = load_bench("mme", root)
     assert item.options == options and item.answer == options["ABCDEF".index(letter)]
+
+
+def test_vstar_json_may_name_its_image_and_the_stem_rule_still_holds(tmp_path):
+    (tmp_path / "street.png").write_bytes(png_bytes((640, 480)))
+    (tmp_path / "pair.png").write_bytes(png_bytes((320, 240)))
+    (tmp_path.parent / "outside.png").write_bytes(png_bytes())
+    meta = {"options": ["red", "blue"], "bbox": [[10, 10, 40, 30]], "target_object": ["car"]}
+    for stem, extra in [("q_car", {"image": "street.png"}), ("q_sign", {"image": "street.png"}), ("pair", {}),
+                        ("q_gone", {"image": "nowhere.png"}), ("q_out", {"image": "../outside.png"})]:
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"question": f"{stem}?", **meta, **extra}))
+    got = {i.id: i for i in load_bench("vstar", tmp_path)}
+    assert got["vstar/q_car"].image_path == got["vstar/q_sign"].image_path == str(tmp_path / "street.png")
+    assert got["vstar/pair"].image_path == str(tmp_path / "pair.png")  # the stem rule
+    for bad in ("vstar/q_gone", "vstar/q_out"):
+        assert isinstance(got[bad], BadItem) and got[bad].reason == "image_missing"
+        assert "names image" in got[bad].detail
+    rows = list(source_registry.get("vstar")(name="v", path=str(tmp_path)).read())  # the curation source too
+    kept = {r["id"]: r for r in rows if isinstance(r, dict)}
+    assert kept["v/q_car"]["image"]["path"] == kept["v/q_sign"]["image"]["path"]
+    assert sorted(kept) == ["v/pair", "v/q_car", "v/q_sign"] and len(rows) == 5

@@ -18,7 +18,14 @@ from typer.testing import CliRunner
 from ergo_data.cli.app import app
 from ergo_data.core.boxes import Box
 from ergo_data.core.vision import crop_vision_tokens, resized_size, vision_tokens
-from ergo_train.eval.evaluate import EvalSettings, evaluate, evaluate_item, load_eval_model, parse_choice
+from ergo_train.eval.evaluate import (
+    EvalSettings,
+    evaluate,
+    evaluate_item,
+    in_process_chat,
+    load_eval_model,
+    parse_choice,
+)
 from ergo_train.eval.loaders import BadItem, BenchItem, load_bench
 from ergo_train.eval.report import STATUSES, summarize, write_report
 from ergo_train.models.tiny import save_tiny
@@ -58,6 +65,10 @@ def scripted(tiny, *texts: str, **kw) -> EvalSettings:
                         generate_kwargs={"prefix_allowed_tokens_fn": ScriptedDecoding(tiny[1].tokenizer, list(texts))})
 
 
+def run_item(tiny, item, mode, settings, image=None):
+    return evaluate_item(item, mode, in_process_chat(*tiny, settings), settings, image)
+
+
 def png(size, color=(250, 250, 250)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
@@ -81,7 +92,7 @@ def tool_call(xyxy) -> str:
 # ---- counting -----------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_every_failure_is_wrong_listed_and_kept_in_the_denominator(tiny, tmp_path):
-    model, proc = tiny
+    _model, _proc = tiny
     runs = [
         (BadItem("t/bad", "t", "bad_options", "t.json: duplicate options"), scripted(tiny, "B")),
         (synth_item("t/corrupt", data=b"\xff\xd8 not a jpeg"), scripted(tiny, "B")),
@@ -91,7 +102,7 @@ def test_every_failure_is_wrong_listed_and_kept_in_the_denominator(tiny, tmp_pat
         (synth_item("t/right"), scripted(tiny, "<answer>B</answer>")),
         (synth_item("t/wrong"), scripted(tiny, "<answer>A</answer>")),
     ]
-    records = [evaluate_item(item, "direct", model, proc, s) for item, s in runs]
+    records = [run_item(tiny, item, "direct", s) for item, s in runs]
     assert [r["status"] for r in records] == ["bad_item", "bad_image", "exception", "unparseable", "timeout",
                                               "ok", "ok"]
     assert [r["correct"] for r in records] == [False] * 5 + [True, False]
@@ -124,14 +135,14 @@ def test_parse_choice_reads_tags_or_the_whole_output_as_vlmevalkit_does():
 # ---- the three modes ----------------------------------------------------------------------------
 @pytest.mark.integration
 def test_coarse_to_fine_zoom_on_the_ground_truth_box(tiny):
-    model, proc = tiny
+    _model, _proc = tiny
     item = next(i for i in load_bench("vstar", EXAMPLES / "vstar") if i.id == "vstar/signicade")
     image = item.load_image()
     seen = resized_size(image.size, MAX_PIXELS)
     x1, y1, x2, y2 = item.gt_box.to_model(seen, image.size)
     zoom = [math.floor(x1), math.floor(y1), math.ceil(x2), math.ceil(y2)]
     s = scripted(tiny, "The sign is near the centre. " + tool_call(zoom), f"<answer>{item.answer_letter}</answer>")
-    rec = evaluate_item(item, "coarse_to_fine", model, proc, s, image)
+    rec = run_item(tiny, item, "coarse_to_fine", s, image)
     assert (rec["status"], rec["correct"], rec["zoom_ok"], rec["pred_letter"]) == ("ok", True, True, item.answer_letter)
     assert rec["zoom_args"] == zoom
     pred = Box(*rec["pred_box"])
@@ -145,32 +156,32 @@ def test_coarse_to_fine_zoom_on_the_ground_truth_box(tiny):
 
 @pytest.mark.integration
 def test_coarse_to_fine_malformed_or_missing_zoom(tiny):
-    model, proc = tiny
+    _model, _proc = tiny
     item = synth_item()
-    bad = evaluate_item(item, "coarse_to_fine", model, proc, scripted(tiny, tool_call([50, 50, 10, 10]),
+    bad = run_item(tiny, item, "coarse_to_fine", scripted(tiny, tool_call([50, 50, 10, 10]),
                                                                         "<answer>B</answer>"))
     assert (bad["status"], bad["correct"], bad["zoom_ok"]) == ("ok", True, False)  # answered on the fallback view
     assert "degenerate" in bad["zoom_error"] and bad["iou"] == 0.0 and bad["box_area_frac"] == 1.0
     assert bad["vision_tokens_turns"] == [54, 54]
-    none = evaluate_item(item, "coarse_to_fine", model, proc, scripted(tiny, "no idea"))
+    none = run_item(tiny, item, "coarse_to_fine", scripted(tiny, "no idea"))
     assert (none["status"], none["zoom_ok"], none["iou"], none["vision_tokens_turns"]) == ("unparseable", False, 0.0, [54])
     assert "no zoom call in turn 1" in none["error"]
 
 
 @pytest.mark.integration
 def test_direct_and_oracle_crop_count_the_tokens_the_processor_saw(tiny):
-    model, proc = tiny
+    _model, _proc = tiny
     item = synth_item(size=(1600, 600))
-    direct = evaluate_item(item, "direct", model, proc, scripted(tiny, "C"))
+    direct = run_item(tiny, item, "direct", scripted(tiny, "C"))
     assert (direct["status"], direct["pred_letter"], direct["correct"]) == ("ok", "C", False)
     assert direct["vision_tokens"] == vision_tokens((1600, 600), MAX_PIXELS)  # counted in input_ids
     assert direct["box_area_frac"] == 1.0 and direct.get("iou") is None
-    oracle = evaluate_item(item, "oracle_crop", model, proc, scripted(tiny, "<answer>B</answer>"))
+    oracle = run_item(tiny, item, "oracle_crop", scripted(tiny, "<answer>B</answer>"))
     crop = crop_at_budget(item.load_image(), item.gt_box, MAX_PIXELS)
     assert (oracle["status"], oracle["correct"]) == ("ok", True)
     assert oracle["vision_tokens"] == vision_tokens(crop.size, MAX_PIXELS)
     assert oracle["box_area_frac"] == pytest.approx(300 * 225 / (1600 * 600))
-    no_box = evaluate_item(synth_item(boxes=()), "oracle_crop", model, proc, scripted(tiny, "B"))
+    no_box = run_item(tiny, synth_item(boxes=()), "oracle_crop", scripted(tiny, "B"))
     assert (no_box["status"], no_box["correct"]) == ("no_gt_box", False)
 
 
@@ -178,12 +189,13 @@ def test_direct_and_oracle_crop_count_the_tokens_the_processor_saw(tiny):
 def test_evaluate_runs_every_mode_on_every_item(tiny):
     model, proc = tiny
     items = [synth_item("t/a"), BadItem("t/b", "t", "bad_answer", "x"), synth_item("t/c", data=b"")]
-    recs = evaluate(items, model, proc, ["direct", "oracle_crop"], EvalSettings(MAX_PIXELS, max_new_tokens=3))
+    s = EvalSettings(MAX_PIXELS, max_new_tokens=3)
+    recs = evaluate(items, in_process_chat(model, proc, s), ["direct", "oracle_crop"], s)
     assert [(r["id"], r["mode"]) for r in recs] == [(i, m) for i in ("t/a", "t/b", "t/c")
                                                    for m in ("direct", "oracle_crop")]
     assert [r["status"] for r in recs[2:]] == ["bad_item", "bad_item", "bad_image", "bad_image"]
     with pytest.raises(ValueError, match="unknown mode"):
-        evaluate(items, model, proc, ["zoom_twice"], EvalSettings())
+        evaluate(items, in_process_chat(model, proc, s), ["zoom_twice"], s)
 
 
 # ---- `ergo eval` --------------------------------------------------------------------------------
@@ -224,20 +236,25 @@ def test_cli_eval_with_a_checkpoint_directory(tmp_path):
     assert json.loads((tmp_path / "o" / "summary.json").read_text())["meta"]["model"] == str(ckpt)
 
 
+def flat(text: str) -> str:
+    """CLI output with the console's line wrapping undone."""
+    return " ".join(text.split())
+
+
 def test_cli_eval_input_errors(tmp_path):
     base = ["eval", "--bench", "vstar", "--path", str(EXAMPLES / "vstar"), "--out", str(tmp_path / "o")]
     res = runner.invoke(app, base + ["--mode", "direct,zoom"])
-    assert res.exit_code == 2 and "unknown mode" in res.output
+    assert res.exit_code == 2 and "unknown mode" in flat(res.output)
     res = runner.invoke(app, ["eval", "--bench", "vqa", "--path", ".", "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "unknown bench" in res.output
+    assert res.exit_code == 2 and "unknown bench" in flat(res.output)
     res = runner.invoke(app, ["eval", "--bench", "mme", "--path", str(tmp_path / "missing"), "--out", str(tmp_path)])
-    assert res.exit_code == 2 and "does not exist" in res.output
+    assert res.exit_code == 2 and "does not exist" in flat(res.output)
     tsv = tmp_path / "hr.tsv"
     tsv.write_text("index\tquestion\tanswer\tA\tB\timage\n")
     res = runner.invoke(app, ["eval", "--bench", "hrbench", "--path", str(tsv), "--mode", "oracle_crop",
                               "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "ground-truth boxes" in res.output
+    assert res.exit_code == 2 and "ground-truth boxes" in flat(res.output)
     tsv.write_text("index\tquestion\n0\tQ?\n")
     res = runner.invoke(app, ["eval", "--bench", "hrbench", "--path", str(tsv), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "missing column(s) ['answer', 'image', 'A', 'B']" in res.output
+    assert res.exit_code == 2 and "missing column(s) ['answer', 'image', 'A', 'B']" in flat(res.output)
     assert not (tmp_path / "o").exists()  # refused before loading the model or writing anything

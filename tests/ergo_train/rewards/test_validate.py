@@ -115,3 +115,26 @@ def test_cli_validate(tmp_path):
     assert "accuracy=1.000" in res.output and (out / "report.md").exists()
     res = CliRunner().invoke(app, ["rewards", "validate", str(LABELS), "--judge", "nope", "--out", str(out)])
     assert res.exit_code == 2 and "unknown judge 'nope'" in res.output
+
+
+def test_report_says_how_far_the_human_labels_agree(tmp_path):
+    one = run_validation(LABELS, SAMPLES, [], tmp_path / "one", image_root=ROOT, n_boot=50)[0].read_text()
+    assert "## How far the human labels can be trusted" in one and "agreement unmeasured" in one
+
+    # a second annotator relabels six samples, contradicting the first on two of them
+    rows = pq.read_table(LABELS).to_pylist()
+    firsts = {r["id"]: r for r in rows}  # the fixture's annotator: one verdict per sample (its latest row)
+    ids = sorted(firsts)[:6]
+    second = [dict(firsts[i], annotator="second", created_at="2026-02-01T00:00:00Z",
+                   region_answerable=firsts[i]["region_answerable"] ^ (n < 2)) for n, i in enumerate(ids)]
+    path = tmp_path / "two.parquet"
+    pq.write_table(pa.Table.from_pylist(rows + second, schema=pq.read_schema(LABELS)), path)
+    text = run_validation(path, SAMPLES, [], tmp_path / "two", image_root=ROOT, n_boot=50)[0].read_text()
+    from ergo_data.core.labels import by_sample
+
+    latest = {sid: {r["annotator"]: r["region_answerable"] for r in rs} for sid, rs in by_sample(rows).items()}
+    first = [latest[i][rows[0]["annotator"]] for i in ids]
+    kappa = cohen_kappa_score(first, [s["region_answerable"] for s in second])
+    assert f"- region_answerable: 4 of 6 overlapping samples agree (67%), kappa {kappa:.2f}" in text
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["label_agreement"]["region_answerable"]["pairs"][0]["n"] == 6

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from ergo_train.eval.vlmeval import can_infer  # VLMEvalKit's rules, as ergo eval score applies them
 from ergo_train.rollout.matching import answer_matches, infer_choice
 from tests.support.paths import DATA
-from tests.support.vlmevalkit_rules import can_infer
 
 CORPUS = [json.loads(line) for line in (DATA / "answer_matching.jsonl").read_text(encoding="utf-8").splitlines()]
 DOCUMENTED = {"lowercase_letter", "contradiction", "whole_words"}  # docs/rewards.md, "The answer matcher"

@@ -62,7 +62,7 @@ def _record_rewards(parts, calls: dict[str, list[dict]]) -> None:
 def trained(demo_set, tmp_path_factory):
     """Step 1, a checkpoint, then step 2 resumed from it: two real GRPO steps with the forced zoom."""
     out = tmp_path_factory.mktemp("train")
-    common = [f"data.path={demo_set}", f"output_dir={out}", "grpo.save_strategy=steps", "grpo.save_steps=1"]
+    common = [f"data.path={demo_set}", f"output_dir={out}", "model=tiny", "grpo.save_strategy=steps", "grpo.save_steps=1"]
     calls: dict[str, list[dict]] = {}
     first = load_train_recipe(RECIPE, [*common, "grpo.max_steps=1"])
     parts = build_trainer(first)
@@ -176,7 +176,8 @@ NO_CALL = "I cannot tell where to look.<|im_end|>"
 @pytest.mark.integration
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
 def test_a_malformed_call_in_a_batch_without_other_calls_still_trains(kind, demo_set, tmp_path):
-    recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "grpo.max_steps=1"])
+    recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "grpo.max_steps=1",
+                                        "model=tiny"])
     parts = build_trainer(recipe)
     calls: dict[str, list[dict]] = {}
     _record_rewards(parts, calls)
@@ -218,7 +219,7 @@ def test_step_two_resumed_from_the_step_one_checkpoint(trained):
 
 @pytest.mark.integration
 def test_lora_trains_only_adapters_on_the_language_model(demo_set, tmp_path):
-    recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "lora.r=4",
+    recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "model=tiny", "lora.r=4",
                                         "lora.alpha=8"])
     model = build_trainer(recipe).trainer.model
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

@@ -1,0 +1,201 @@
+"""Cold-start SFT (``ergo sft RECIPE.yaml``): teach a policy the two-turn zoom episode before GRPO.
+
+Qwen2.5-VL's own template has no tool calls, so a real policy has never written the ``<tool_call>`` the GRPO
+rollout expects (Mini-o3, Chain-of-Focus and Pixel Reasoner all cold-start for this reason). Each curated
+sample becomes one episode: turn 1 a short reasoning line and a ``zoom`` call whose box is the ground-truth
+region mapped to the coarse view, widened by ``margin`` and to at least ``min_region`` patches (what
+``r_box`` pays for); the tool turn holds the crop exactly as ``ZoomEnv`` returns it; turn 2
+``<answer>LETTER</answer>``. Episodes are rendered by ``EpisodeRenderer``, the builder of the GRPO rollout's
+own token sequence, and trained with TRL's ``SFTTrainer`` with the loss on the two assistant turns only.
+
+>>> recipe = load_sft_recipe("pipelines/sft_tiny.yaml", ["sft.max_steps=1"])
+>>> recipe.model, recipe.margin, recipe.max_pixels
+('tiny', 0.5, 50176)
+>>> sft_zoom({"width": 1200, "height": 900, "boxes": [{"x1": 600, "y1": 450, "x2": 620, "y2": 470}]}, 50176, 0.5)
+(114, 71, 143, 100)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from ergo_data.core.errors import RecipeError
+from ergo_data.core.vision import PATCH, budget_pixels, resized_size
+from ergo_data.pipeline.contract import Params, build_params
+from ergo_data.pipeline.recipe import apply_override, read_yaml_file
+from ergo_train.models.processor import save_processor
+from ergo_train.rollout.episode import DEFAULT_REASONING, Episode, EpisodeRenderer
+from ergo_train.rollout.zoom import MIN_REGION_PATCHES, region_of
+from ergo_train.train.data import load_split
+from ergo_train.train.recipe import DataSpec, LoraSpec, torch_dtype
+
+
+class SftRecipe(Params):
+    name: str
+    description: str = ""
+    model: str = "tiny"  # "tiny", a local checkpoint directory, or a hub name
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    data: DataSpec
+    budget_tokens: int = Field(1280, gt=0)  # the rollout's budget: max_pixels = budget_tokens * 28 * 28
+    margin: float = Field(0.25, ge=0)  # widen the ground-truth region by this fraction of its size on each side
+    min_region: float = Field(MIN_REGION_PATCHES, ge=0)  # and to at least this many patches per side
+    reasoning: str = DEFAULT_REASONING  # turn 1's reasoning line
+    cache_episodes: int = Field(256, ge=0)  # rendered episodes kept in memory (small sets: every one, once)
+    lora: LoraSpec | None = None  # LoRA adapters; merged into the saved model so `ergo train` loads it as is
+    output_dir: str = "out/sft"
+    seed: int = 0
+    sft: dict[str, Any] = Field(default_factory=dict)  # any trl.SFTConfig field
+
+    @property
+    def max_pixels(self) -> int:
+        return budget_pixels(self.budget_tokens)
+
+
+def load_sft_recipe(path: str | Path, overrides: Sequence[str] = ()) -> SftRecipe:
+    """Read an SFT recipe; ``overrides`` are ``--set`` assignments (``sft.max_steps=20``, ``model=...``)."""
+    data = read_yaml_file(path, "SFT recipe")
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: an SFT recipe is a mapping with name, model, data, sft")
+    data = dict(data)
+    for o in overrides:
+        apply_override(data, o)
+    return build_params(SftRecipe, SftRecipe, data, "SFT recipe")
+
+
+def sft_zoom(row: Mapping[str, Any], max_pixels: int, margin: float,
+             min_region: float = MIN_REGION_PATCHES) -> tuple[int, int, int, int]:
+    """The zoom turn 1 is taught to write: the sample's region (union of its boxes) on the coarse view, widened by
+    ``margin`` of its size per side and to ``min_region`` patches, kept inside the view, in whole pixels."""
+    size = (int(row["width"]), int(row["height"]))
+    seen = resized_size(size, max_pixels)
+    x1, y1, x2, y2 = region_of(row).to_model(seen, size)
+    w, h = (x2 - x1) * (1 + 2 * margin), (y2 - y1) * (1 + 2 * margin)
+    w, h = min(max(w, min_region * PATCH), seen[0]), min(max(h, min_region * PATCH), seen[1])
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    left = min(max(cx - w / 2, 0.0), seen[0] - w)
+    top = min(max(cy - h / 2, 0.0), seen[1] - h)
+    box = (math.floor(left), math.floor(top), math.ceil(left + w), math.ceil(top + h))
+    return box[0], box[1], min(box[2], seen[0]), min(box[3], seen[1])
+
+
+def answer_turn(row: Mapping[str, Any]) -> str:
+    """Turn 2's text: the option letter for a multiple-choice sample, else the answer itself."""
+    letter = row.get("answer_letter")
+    return f"<answer>{letter if row.get('options') and letter else row['answer']}</answer>"
+
+
+class EpisodeCollator:
+    """Curated rows -> a padded SFT batch: the rendered episodes' ids, labels (-100 off the assistant turns),
+    and the pixel values of every episode's coarse view and crop, in order."""
+
+    def __init__(self, renderer: EpisodeRenderer, recipe: SftRecipe) -> None:
+        self.renderer, self.recipe = renderer, recipe
+        tok = renderer.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        # an episode depends on its row only: keep the last few rendered (decoding the original is the cost)
+        self._episodes: OrderedDict[str, Episode] = OrderedDict()
+
+    def episode(self, row: Mapping[str, Any]) -> Episode:
+        key = str(row.get("id"))
+        if key in self._episodes:
+            self._episodes.move_to_end(key)
+            return self._episodes[key]
+        zoom = sft_zoom(row, self.renderer.max_pixels, self.recipe.margin, self.recipe.min_region)
+        episode = self.renderer.render(row, zoom, answer_turn(row), self.recipe.reasoning)
+        self._episodes[key] = episode
+        while len(self._episodes) > self.recipe.cache_episodes:
+            self._episodes.popitem(last=False)
+        return episode
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        episodes = [self.episode(r) for r in rows]
+        n = max(len(e.input_ids) for e in episodes)
+        ids = torch.full((len(episodes), n), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(episodes), n), -100, dtype=torch.long)
+        attention = torch.zeros((len(episodes), n), dtype=torch.long)
+        for i, e in enumerate(episodes):
+            k = len(e.input_ids)
+            ids[i, :k] = torch.tensor(e.input_ids)
+            attention[i, :k] = 1
+            labels[i, :k] = torch.tensor([t if m else -100 for t, m in zip(e.input_ids, e.loss_mask, strict=True)])
+        vision = self.renderer.processor.image_processor(images=[im for e in episodes for im in e.images],
+                                                         return_tensors="pt")
+        return {"input_ids": ids, "attention_mask": attention, "labels": labels,
+                "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+
+
+@dataclass
+class SftParts:
+    trainer: Any
+    model: Any
+    processor: Any
+    dataset: Any
+    collator: EpisodeCollator
+
+
+def sft_config_kwargs(recipe: SftRecipe) -> dict[str, Any]:
+    """SFTConfig arguments: the episodes come pre-rendered (no dataset preparation, no truncation) <- ``sft``."""
+    import torch
+
+    kw: dict[str, Any] = {
+        "output_dir": recipe.output_dir, "seed": recipe.seed, "report_to": "none",
+        "remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}, "max_length": None,
+        "bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+    }
+    kw.update(recipe.sft)
+    return kw
+
+
+def build_sft_trainer(recipe: SftRecipe) -> SftParts:
+    """Load the model, the curated split and the episode collator into a ready ``SFTTrainer``."""
+    from trl import SFTConfig, SFTTrainer
+
+    from ergo_train.models.loaders import load_model
+    from ergo_train.rollout.env import use_tool_chat_template
+
+    kw = sft_config_kwargs(recipe)
+    try:
+        config = SFTConfig(**kw)
+    except (TypeError, ValueError) as e:
+        raise RecipeError(f"sft: {e} (keys must be trl.SFTConfig fields)") from None
+    model, processor = load_model(recipe.model, max_pixels=recipe.max_pixels,
+                                  dtype=torch_dtype(recipe.dtype, bool(config.bf16)))
+    use_tool_chat_template(processor)
+    dataset = load_split(recipe.data)
+    collator = EpisodeCollator(EpisodeRenderer(processor, recipe.max_pixels), recipe)
+    collator.episode(dataset[0])  # a sample the episode cannot be built for fails now, naming it
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, data_collator=collator,
+                         processing_class=processor,
+                         peft_config=recipe.lora.peft_config() if recipe.lora is not None else None)
+    return SftParts(trainer, model, processor, dataset, collator)
+
+
+@dataclass
+class SftResult:
+    output_dir: Path
+    log_history: list[dict[str, Any]]
+    global_step: int
+
+
+def run_sft(recipe: SftRecipe, parts: SftParts | None = None) -> SftResult:
+    """Train; save the model (LoRA merged in) and the processor into ``output_dir``: a checkpoint ``ergo train``
+    and ``ergo eval`` load with ``model: <output_dir>``."""
+    parts = parts or build_sft_trainer(recipe)
+    trainer = parts.trainer
+    trainer.train()
+    out = Path(recipe.output_dir)
+    model = trainer.model
+    if recipe.lora is not None:
+        model = model.merge_and_unload()
+    model.save_pretrained(str(out))
+    save_processor(parts.processor, out)
+    return SftResult(out, list(trainer.state.log_history), trainer.state.global_step)
