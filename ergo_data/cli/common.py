@@ -36,8 +36,8 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
-def fail(message: str, code: int) -> NoReturn:
-    """Print ``error: message`` on stderr and exit with ``code`` (``USAGE_EXIT`` or ``FAILURE_EXIT``)."""
+def fail(message: str, code: int = USAGE_EXIT) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code`` (``USAGE_EXIT`` or ``FAILURE_EXIT``; pass it)."""
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
