@@ -81,13 +81,9 @@ def write_region_labels(set_dir: Path, path: Path) -> Path:
 
     from ergo_data.core.schema import LABELS_SCHEMA
     from ergo_data.pipeline.outputs import read_parts
-    from ergo_train.rollout.zoom import region_of
+    from ergo_train.rewards.judges import labels_from_boxes
 
-    rows = []
-    for r in read_parts(set_dir / "data", "*.parquet").to_pylist():
-        b = region_of(r)
-        rows.append({"id": r["id"], "annotator": "pasted-box", "region_answerable": True, "answer_correct": True,
-                     "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "lead_time_s": None, "created_at": None})
+    rows = labels_from_boxes(read_parts(set_dir / "data", "*.parquet").to_pylist(), annotator="pasted-box")
     pq.write_table(pa.Table.from_pylist(rows, schema=LABELS_SCHEMA), path)
     return path
 

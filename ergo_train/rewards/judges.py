@@ -405,6 +405,25 @@ class StoredLabelJudge(Judge):
         return Verdict(ok, best_score, f"covers {best_cover:.0%} of the best human-answerable region")
 
 
+def labels_from_boxes(rows: Iterable[Mapping[str, Any]], annotator: str = "annotation") -> list[dict[str, Any]]:
+    """``region_answerable`` labels on each sample's own region (the union of its boxes): with them the
+    ``stored`` judge answers "does the crop hold the labelled region", a perfect judge where the boxes are exact
+    (pasted targets, hand-checked boxes). For CPU experiments and GPU checks without a judge model.
+
+    >>> labels_from_boxes([{"id": "s/1", "boxes": [{"x1": 0, "y1": 0, "x2": 5, "y2": 5}]}])[0]["x2"]
+    5.0
+    """
+    from ergo_train.rollout.zoom import region_of
+
+    out = []
+    for r in rows:
+        b = region_of(r)
+        out.append({"id": r["id"], "annotator": annotator, "region_answerable": True, "answer_correct": True,
+                    "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2, "lead_time_s": None, "created_at": None,
+                    "comment": None})
+    return out
+
+
 def _label_rows(labels: Any) -> list[Mapping[str, Any]]:
     if isinstance(labels, (str, Path)):
         import pyarrow.parquet as pq

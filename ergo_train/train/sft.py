@@ -99,6 +99,7 @@ class EpisodeCollator:
         self.renderer, self.recipe = renderer, recipe
         tok = renderer.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.image_token_id = tok.convert_tokens_to_ids("<|image_pad|>")
         # an episode depends on its row only: keep the last few rendered (decoding the original is the cost)
         self._episodes: OrderedDict[str, Episode] = OrderedDict()
 
@@ -129,7 +130,10 @@ class EpisodeCollator:
             labels[i, :k] = torch.tensor([t if m else -100 for t, m in zip(e.input_ids, e.loss_mask, strict=True)])
         vision = self.renderer.processor.image_processor(images=[im for e in episodes for im in e.images],
                                                          return_tensors="pt")
+        # mm_token_type_ids marks the image tokens: without it Qwen2.5-VL falls back to 1-D positions instead of
+        # its 3-D (mrope) ones, and the policy would be trained on positions the rollout never uses
         return {"input_ids": ids, "attention_mask": attention, "labels": labels,
+                "mm_token_type_ids": (ids == self.image_token_id).long(),
                 "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
 
 

@@ -85,6 +85,8 @@ def test_loss_is_on_the_assistant_turns_only(demo_set):
     merge = parts.processor.image_processor.merge_size ** 2
     assert int((batch["input_ids"] == image_pad).sum()) == int(batch["image_grid_thw"].prod(-1).sum()) // merge
     assert batch["image_grid_thw"].shape[0] == 4  # per episode: the coarse view and the crop
+    # the image tokens are marked as the processor marks them, so the model uses its 3-D (mrope) positions
+    assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == image_pad).long())
 
 
 @pytest.mark.integration
