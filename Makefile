@@ -1,5 +1,7 @@
 # make demo: create .venv if missing, install, run the demo curation (out/demo + data_cards/demo).
-# make test: create/update the venv and run the whole test suite (unit, property, integration).
+# make test: create/update the venv, install Chromium if missing (for the browser test; needs apt and root or
+#            password-less sudo), and run the whole test suite (unit, property, doctests, integration);
+#            PYTEST_ARGS="tests/ergo_data/core -x" narrows it.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,7 +13,7 @@ export HF_DATASETS_OFFLINE := 1
 export RAY_AUTH_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install lock lint clean bench
+.PHONY: demo test install browser lock lint clean bench
 
 install: $(STAMP)
 
@@ -29,14 +31,17 @@ demo: $(STAMP)
 	  cp -r out/demo/README.md out/demo/stats.json data_cards/demo/ && \
 	  { [ ! -d out/demo/plots ] || cp -r out/demo/plots data_cards/demo/; }; fi
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+browser:
+	@scripts/install_chromium.sh
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/curation.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check ergo_data ergo_train tests benchmarks
+	$(BIN)/ruff check ergo_data ergo_train tests benchmarks conftest.py .ci
 
 lock: $(STAMP)
 	{ head -2 constraints.txt; $(BIN)/pip freeze | grep -v -i -E '^(-e |ergo)| @ file:' | sed 's/^torch==2.13.0+cpu/torch==2.13.0/'; } > constraints.new && mv constraints.new constraints.txt

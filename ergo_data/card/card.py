@@ -6,8 +6,10 @@ verbatim, sources with counts and licenses, code version, dates), the funnel per
 reason, the plots (``DIR/plots/*.png``), known limitations, the contamination checks performed, and a
 gallery of kept and rejected samples. Every number is read from ``stats.json`` and the shards.
 
->>> path = write_card("out/demo", quiet=True)  # doctest: +SKIP
->>> DatasetCard.load(path).data.license  # doctest: +SKIP
+>>> import shutil
+>>> out = shutil.copytree(getfixture("demo_set"), getfixture("tmp_path") / "demo")  # the demo curation
+>>> path = write_card(out, quiet=True)
+>>> DatasetCard.load(path).data.license
 ['mit']
 """
 
@@ -34,7 +36,8 @@ from ergo_data.core.errors import RecipeError
 from ergo_data.core.schema import hf_features
 from ergo_data.core.vision import BUDGETS, PATCH
 from ergo_data.pipeline.outputs import read_parts
-from ergo_data.pipeline.recipe import Recipe, build_stage, parse_recipe
+from ergo_data.pipeline.recipe import Recipe, build_stage
+from ergo_data.pipeline.recipe_record import RESOLVED_FILE, RecipeRecord, read_recipe_record, run_command
 from ergo_data.stages.filters import AreaParams
 
 GAMMA = AreaParams.model_fields["max_frac"].default  # r_box's gamma: the area stage's default bound
@@ -188,32 +191,6 @@ def code_version() -> dict[str, Any]:
     return info
 
 
-def parse_overrides(text: str) -> list[str]:
-    """The ``--set`` overrides ``ergo run`` appended to recipe.yaml as ``# overrides: a.b=1 c=x y``.
-
-    >>> parse_overrides("name: x\\n# overrides: stages.3.where=box_area_frac <= 0.6 output.shard_rows=5\\n")
-    ['stages.3.where=box_area_frac <= 0.6', 'output.shard_rows=5']
-    """
-    lines = [ln for ln in text.splitlines() if ln.startswith("# overrides: ")]
-    if not lines:
-        return []
-    rest = lines[-1][len("# overrides: "):].strip()
-    return [p.strip() for p in re.split(r"\s+(?=[\w-]+(?:\.[\w-]+)*=)", rest) if p.strip()]
-
-
-def read_recipe(out: Path) -> tuple[str | None, Recipe | None, str | None]:
-    """``(verbatim text, parsed recipe with its overrides, problem)`` from ``DIR/recipe.yaml``."""
-    path = out / "recipe.yaml"
-    if not path.is_file():
-        return None, None, (f"{path.name} is missing from the output folder (the run was started from Python "
-                            "without recipe_text): the recipe, source licenses and visibility band are unknown")
-    text = path.read_text(encoding="utf-8")
-    try:
-        return text, parse_recipe(yaml.safe_load(text), parse_overrides(text), str(path)), None
-    except (RecipeError, yaml.YAMLError) as e:
-        return text, None, f"recipe.yaml could not be parsed: {e}"
-
-
 def visibility_band(recipe: Recipe | None) -> P.Band | None:
     """The first ``visibility`` stage's band (its defaults filled in), if the recipe has one."""
     for spec in recipe.stages if recipe else []:
@@ -241,7 +218,8 @@ def size_category(n: int) -> str:
 def write_card(out_dir: str | Path, quiet: bool = False, n_kept: int = 8, n_per_reason: int = 4) -> Path:
     """Write ``DIR/README.md`` (and ``DIR/plots/``) for the curated set in ``out_dir``; return its path.
 
-    Raises FileNotFoundError when ``out_dir`` has no stats.json (not the output of ``ergo run``).
+    Raises FileNotFoundError when ``out_dir`` has no stats.json (not the output of ``ergo run``), ValueError
+    when stats.json or a shard cannot be read.
     """
     from ergo_data.pipeline.progress import Progress
 
@@ -249,8 +227,12 @@ def write_card(out_dir: str | Path, quiet: bool = False, n_kept: int = 8, n_per_
     stats_path = out / "stats.json"
     if not stats_path.is_file():
         raise FileNotFoundError(f"{out}: no stats.json - is it the output folder of `ergo run`?")
-    stats = json.loads(stats_path.read_text(encoding="utf-8"))
-    recipe_text, recipe, recipe_problem = read_recipe(out)
+    try:
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{stats_path} is not valid JSON ({e}): rerun `ergo run` to rewrite it") from None
+    record = read_recipe_record(out)
+    recipe = record.recipe
     kept = read_parts(out / "data", "*.parquet")
     rejects = reject_rows(out)
     cols = {c: kept.column(c).to_pylist() for c in PLOT_COLUMNS if c in kept.column_names}
@@ -274,7 +256,7 @@ def write_card(out_dir: str | Path, quiet: bool = False, n_kept: int = 8, n_per_
         else:
             for old in folder.glob("*.png"):
                 old.unlink()  # plots of an earlier run would contradict this card
-    facts = {"stats": stats, "recipe_text": recipe_text, "recipe": recipe, "recipe_problem": recipe_problem,
+    facts = {"stats": stats, "record": record, "recipe": recipe,
              "sources": sources, "cols": cols, "n_kept": kept.num_rows, "rejects": rejects, "plots": made,
              "sheets": sheets, "measured": measured, "band": band, "gamma": GAMMA, "seed": seed,
              "draw_plots": draw_plots, "version": code_version(), "curated_at": _mtime(stats_path),
@@ -441,12 +423,26 @@ def _what_section(f: dict[str, Any]) -> list[str]:
          "inputs = kept + rejected"],
         [[s.name, s.type, f"`{s.path}`", ", ".join(s.licenses) or UNKNOWN_LICENSE, s.evidence, s.counts["inputs"],
           s.counts["kept"], s.counts["rejected"], "ok" if s.counts["ok"] else "BROKEN"] for s in f["sources"]]), ""]
-    out += ["### Recipe", ""]
-    if f["recipe_text"] is not None:
-        out += ["The recipe exactly as run (`recipe.yaml`; `--set` overrides, if any, in its last comment):", "",
-                fenced(f["recipe_text"], "yaml"), ""]
-    if f["recipe_problem"]:
-        out += [f"> {f['recipe_problem']}", ""]
+    return out + _recipe_section(f["record"])
+
+
+def _recipe_section(record: RecipeRecord) -> list[str]:
+    out = ["### Recipe", ""]
+    if record.file:
+        out += ["The command that ran (the `--set` overrides exactly as given; also in `recipe.json`):", "",
+                fenced(run_command(record), "bash"), ""]
+    if record.file_text is not None:
+        what = f"The recipe file `{record.file}` as given:" if record.file else (
+            f"The recipe as run (`{RESOLVED_FILE}`, written by an older version: `--set` overrides in its last comment):")
+        out += [what, "", fenced(record.file_text, "yaml"), ""]
+    if record.text is not None:
+        resolved = [(f"The recipe as run, overrides applied (`{RESOLVED_FILE}`; `ergo run {RESOLVED_FILE} --out DIR` "
+                     "runs it again):"), "", fenced(record.text, "yaml"), ""]
+        out += resolved if record.file_text is None else (
+            ["<details><summary>The recipe as run, overrides applied (recipe.yaml)</summary>", ""] + resolved[2:]
+            + ["</details>", ""])
+    if record.problem:
+        out += [f"> {record.problem}", ""]
     return out
 
 

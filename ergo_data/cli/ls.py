@@ -16,13 +16,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from ergo_data.cli.common import fail
-
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+from ergo_data.cli.common import FAILURE_EXIT, USAGE_EXIT, cli_errors, console, err, fail
 
 URL_HELP = "Label Studio URL (env LABEL_STUDIO_URL)"
 KEY_HELP = "API token (env LABEL_STUDIO_API_KEY)"
@@ -31,18 +27,11 @@ KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="LABEL_STUDIO
 TimeoutOption = Annotated[float, typer.Option("--timeout", min=0.1, help="seconds per request")]
 
 
-def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 def _connection(url: str, api_key: str | None, timeout: float):
-    from ergo_data.labelstudio.client import Connection, LabelStudioError
+    from ergo_data.labelstudio.client import Connection
 
-    try:
+    with cli_errors(code=USAGE_EXIT):  # no token, a URL that is not http(s)
         return Connection(url, api_key or "", timeout)
-    except LabelStudioError as e:
-        _fail(str(e))
 
 
 def push(
@@ -63,14 +52,11 @@ def push(
     timeout: TimeoutOption = 60.0,
 ) -> None:
     """Import samples as tasks (boxes as predictions); samples already in the project are skipped."""
-    from ergo_data.labelstudio.client import LabelStudioError
     from ergo_data.labelstudio.push import push as do_push
 
     conn = _connection(url, api_key, timeout)
-    try:
+    with cli_errors(usage=(ValueError,)):  # no samples, a bad --where
         report = do_push(samples_dir, project, conn, where=where, limit=limit, log=console.print, quiet=False)
-    except (LabelStudioError, ValueError) as e:
-        _fail(str(e))
     table = Table(title=f"push to {report.project!r} (project id {report.project_id}) at {report.url}")
     for col in ("selected", "already there", "created", "images uploaded", "images reused", "crops uploaded",
                 "failed"):
@@ -94,7 +80,7 @@ def push(
     if report.failed:
         for sid, why in report.failed:
             err.print(f"  not pushed: {sid}: {why}", highlight=False)
-        _fail(f"{len(report.failed)} samples were not pushed (listed above); fix them and push again")
+        fail(f"{len(report.failed)} samples were not pushed (listed above); fix them and push again", FAILURE_EXIT)
 
 
 def pull(
@@ -107,14 +93,11 @@ def pull(
     timeout: TimeoutOption = 60.0,
 ) -> None:
     """Export annotations: reviewed Samples (human boxes, source=human) and the `labels` table."""
-    from ergo_data.labelstudio.client import LabelStudioError
     from ergo_data.labelstudio.pull import pull as do_pull
 
     conn = _connection(url, api_key, timeout)
-    try:
+    with cli_errors():
         report = do_pull(project, out, conn, log=console.print)
-    except LabelStudioError as e:
-        _fail(str(e))
     console.print(
         f"{report.tasks} tasks: {report.samples + report.rejected} reviewed: {report.samples} kept -> {out}/data "
         f"({report.needs_review} with needs_review), {report.rejected} rejected -> {out}/rejects; "
@@ -140,9 +123,10 @@ def pull(
     if report.errors:
         for line in report.errors:
             err.print(f"  {line}", highlight=False)
-        _fail(
+        fail(
             f"{len(report.errors)} tasks could not be converted (listed above); fix them in Label Studio "
-            "and pull again"
+            "and pull again",
+            FAILURE_EXIT,
         )
 
 
@@ -181,30 +165,30 @@ def serve(
     ] = 600.0,
 ) -> None:
     """Start Label Studio on the data dir's own admin account and token (DATA_DIR/credentials.env). Ctrl-C stops it."""
-    from ergo_data.labelstudio.credentials import CredentialsError
     from ergo_data.labelstudio.server import (
         DEFAULT_VENV,
         LabelStudioServer,
-        LabelStudioServerError,
+        label_studio_exe,
         settings_for_data_dir,
     )
 
-    try:
+    with cli_errors(code=USAGE_EXIT):  # unusable data dir credentials, no server venv
         settings, notes = settings_for_data_dir(
             data_dir.resolve(), host, port, document_root.resolve() if document_root else None
         )
-    except CredentialsError as e:
-        fail(str(e), 1)
-    server = LabelStudioServer(settings, venv or DEFAULT_VENV)
+        server = LabelStudioServer(settings, venv or DEFAULT_VENV)
+        label_studio_exe(server.venv)
     console.print(f"starting Label Studio on {settings.url} (data in {settings.data_dir}) ...")
-    try:
-        server.start(timeout=start_timeout)
-        creds_file, more = server.claim_credentials()
-    except (CredentialsError, LabelStudioServerError, KeyboardInterrupt) as e:
-        server.stop()
-        if isinstance(e, KeyboardInterrupt):
+    with cli_errors():  # exit 1: the port is taken, the server does not come up, its token does not work
+        try:
+            server.start(timeout=start_timeout)
+            creds_file, more = server.claim_credentials()
+        except KeyboardInterrupt:
+            server.stop()
             raise typer.Exit(130) from None
-        fail(str(e), 1)
+        except BaseException:
+            server.stop()
+            raise
     console.print(f"[bold green]Label Studio is up:[/] {server.url}  (log: {server.log_path})")
     for note in notes + more:
         console.print(f"  [yellow]note:[/] {note}", highlight=False)
@@ -220,7 +204,8 @@ def serve(
     signal.signal(signal.SIGTERM, on_term)
     try:
         code = server.proc.wait()
-        _fail(f"Label Studio exited on its own with code {code}; log {server.log_path}:\n{server.log_tail()}")
+        fail(f"Label Studio exited on its own with code {code}; log {server.log_path}:\n{server.log_tail()}",
+             FAILURE_EXIT)
     except KeyboardInterrupt:
         console.print("stopping Label Studio ...")
     finally:

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ergo_data import __version__
-from ergo_data.cli.common import console, fail
+from ergo_data.cli.common import FAILURE_EXIT, USAGE_EXIT, cli_errors, console, fail
 
 
 def version() -> None:
@@ -31,8 +32,9 @@ def stages() -> None:
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
             kind = "global" if getattr(cls, "is_global", False) else ("source" if title == "sources" else "batch")
             params = describe_params(cls) or [("", "", "")]
-            for i, (k, t, d) in enumerate(params):
-                table.add_row(name if i == 0 else "", kind if i == 0 else "", k, t, d, doc if i == 0 else "")
+            for i, (k, t, d) in enumerate(params):  # escaped: `list[str]` is not rich markup
+                table.add_row(name if i == 0 else "", kind if i == 0 else "", k, escape(t), escape(d),
+                              escape(doc) if i == 0 else "")
         console.print(table)
 
 
@@ -40,29 +42,28 @@ def run(
     recipe: Path = typer.Argument(..., help="YAML recipe"),
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe key, e.g. stages.2.max_side_px=40"),
-    workers: int = typer.Option(1, "--workers", "-w", min=1, help="local worker processes"),
+    workers: int | None = typer.Option(None, "--workers", "-w", min=1,
+                                       help="local worker processes (default 1; local executor only)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate the recipe and print the plan only"),
-    fresh: bool = typer.Option(False, "--fresh", help="ignore finished work from an earlier run"),
+    fresh: bool = typer.Option(False, "--fresh", help="ignore finished work from an earlier run (local executor: "
+                               "a Ray run always starts from the sources)"),
     executor: str = typer.Option("local", "--executor", help="local or ray"),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address (with --executor ray)"),
     embed_images: bool = typer.Option(False, "--embed-images", help="store image bytes in the shards"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ) -> None:
-    """Run a curation recipe into OUT: data/, rejects/, stats.json, README.md (card). Resumes if killed."""
-    from ergo_data.core.errors import RecipeError
+    """Run a curation recipe into OUT: data/, rejects/, stats.json, recipe.json/.yaml, README.md (card). Resumes if killed."""
     from ergo_data.pipeline.recipe import build_sources, build_stages, load_recipe
 
-    overrides = list(set_)
-    try:
-        rec = load_recipe(recipe, overrides)
+    _check_executor_options(executor, workers, address)
+    with cli_errors(code=USAGE_EXIT):
+        rec = load_recipe(recipe, list(set_))
         if embed_images:
             for spec in rec.stages:
                 if spec["type"] == "decode":
                     spec["embed_images"] = True
         build_sources(rec)
         built = build_stages(rec)
-    except (RecipeError, KeyError) as e:
-        fail(str(e))
     if dry_run:
         from ergo_data.pipeline.executor.segments import plan_segments
 
@@ -73,33 +74,38 @@ def run(
             console.print(f"  {'barrier' if seg.is_global else 'per-batch'}: {seg.label}")
         console.print(f"  output -> {out} (shard_rows={rec.output.shard_rows}, chunk_rows={rec.output.chunk_rows})")
         return
-    text = recipe.read_text(encoding="utf-8")
-    if overrides:
-        text += "\n# overrides: " + " ".join(overrides) + "\n"
-    try:
+    with cli_errors():
         if executor == "ray":
             from ergo_data.pipeline.executor.ray import run_pipeline_ray
 
-            stats = run_pipeline_ray(rec, out, address=address, quiet=quiet, recipe_text=text)
-        elif executor == "local":
+            stats = run_pipeline_ray(rec, out, address=address, quiet=quiet)
+        else:
             from ergo_data.pipeline.executor.local import run_pipeline
 
-            stats = run_pipeline(rec, out, workers=workers, quiet=quiet, recipe_text=text, fresh=fresh)
-        else:
-            fail(f"unknown executor {executor!r}; valid: local, ray")
-    except RecipeError as e:
-        fail(str(e))
+            stats = run_pipeline(rec, out, workers=workers or 1, quiet=quiet, fresh=fresh)
     print_stats(stats)
     _write_card(out, quiet)
     console.print(f"[bold green]output:[/] {out.resolve()}")
     if not stats["invariant"]["ok"]:
-        fail("invariant broken: inputs != kept + rejected for some source (see stats.json)", code=1)
+        fail("invariant broken: inputs != kept + rejected for some source (see stats.json)", FAILURE_EXIT)
+
+
+def _check_executor_options(executor: str, workers: int | None, address: str | None) -> None:
+    """Refuse options the chosen executor would ignore (usage errors, before any work)."""
+    if executor not in ("local", "ray"):
+        fail(f"unknown executor {executor!r}; valid: local, ray", USAGE_EXIT)
+    if executor == "ray" and workers is not None:
+        fail("--workers sets local processes and does nothing with --executor ray: Ray spreads the work over "
+             "the cluster's CPUs (set `ray.actors` in the recipe for stateful stages); drop --workers", USAGE_EXIT)
+    if executor == "local" and address is not None:
+        fail("--address names a Ray cluster: use it with --executor ray", USAGE_EXIT)
 
 
 def _write_card(out: Path, quiet: bool) -> None:
     from ergo_data.card.card import write_card
 
-    path = write_card(out, quiet=quiet)
+    with cli_errors(failure=(ValueError,)):  # an unreadable stats.json or shard
+        path = write_card(out, quiet=quiet)
     console.print(f"[bold]data card:[/] {path}")
 
 
@@ -129,10 +135,8 @@ def query(
     """Run DuckDB SQL over a curated set, e.g. ergo query out/demo "SELECT reason, count(*) FROM rejects GROUP BY 1"."""
     from ergo_data.pipeline.query import run_query
 
-    try:
+    with cli_errors():  # exit 2: not a curated set, SQL DuckDB refuses; exit 1: unreadable shards
         result = run_query(out, sql)
-    except ValueError as e:
-        fail(str(e))
     rows = result.slice(0, limit).to_pylist()
     if as_json:
         for r in rows:

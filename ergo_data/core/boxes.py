@@ -20,10 +20,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ergo_data.core.errors import ErgoError
+
 Size = tuple[int, int]  # (width, height)
 
 
-class BoxError(ValueError):
+class BoxError(ErgoError, ValueError):
     """A box that cannot exist: non-finite, degenerate, inverted, rotated, or outside the image."""
 
 

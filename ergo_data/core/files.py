@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ergo_data.core.errors import ErgoError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".mpo", ".heic", ".avif")
 
 
-class EncodingProblem(ValueError):
+class EncodingProblem(ErgoError, ValueError):
     """A text file that is not UTF-8 (reject reason ``bad_encoding``, as the jsonl source reports it)."""
 
 

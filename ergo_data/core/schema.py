@@ -16,6 +16,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from ergo_data.core.errors import ErgoError
+
 BOX_SOURCES = ("annotation", "ocr", "detector", "synthetic", "human")
 
 BOX_STRUCT = pa.struct([
@@ -71,7 +73,7 @@ LABELS_SCHEMA = pa.schema([
 FILLED_BY_DECODE = ("image_sha256", "width", "height")
 
 
-class SchemaError(ValueError):
+class SchemaError(ErgoError, ValueError):
     """A sample that breaks the record contract; the message names the sample id and the field."""
 
 

@@ -90,7 +90,7 @@ def crop_vision_tokens(box: Box, size: Size, max_pixels: int) -> int | None:
 
 
 def derived_columns(size: Size | None, boxes: Iterable[Box]) -> dict[str, float | int | None]:
-    """The derived columns DESIGN.md names, for an image of ``size`` and the union of ``boxes``.
+    """The derived columns (docs/design.md: the sample record) of an image of ``size`` and its boxes' union.
 
     >>> d = derived_columns((4240, 2700), [Box(2193, 1350, 2285, 1482)])
     >>> d["vision_tokens_1280"], round(d["box_short_side_1280"], 1)

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ergo_data.core.errors import ErgoError
 from ergo_data.labelstudio.credentials import local_token_hint
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -71,7 +72,7 @@ LABEL_CONFIG = """<View>
 IMAGE_STORE_CONFIG = '<View><Image name="image" value="$image"/></View>'
 
 
-class LabelStudioError(RuntimeError):
+class LabelStudioError(ErgoError, RuntimeError):
     """A Label Studio call that failed; the message names the server URL and what to do."""
 
 

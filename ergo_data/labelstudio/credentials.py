@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ergo_data.core.errors import ErgoError
+
 CREDENTIALS_FILE = "credentials.env"
 DEFAULT_DATA_DIR = Path(".ls-data")
 DATA_DIR_ENV = "ERGO_LS_DATA_DIR"  # set by the credentials file: where a 401 hint looks first
@@ -37,7 +39,7 @@ DEFAULT_USERNAME = "admin@localhost"
 FIRST_START_ENV = ("LABEL_STUDIO_USERNAME", "LABEL_STUDIO_PASSWORD", "LABEL_STUDIO_USER_TOKEN")
 
 
-class CredentialsError(RuntimeError):
+class CredentialsError(ErgoError, RuntimeError):
     """The data dir's credentials cannot be made, read or checked; the message says what to do."""
 
 

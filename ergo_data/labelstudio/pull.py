@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 
 from ergo_data.core.boxes import Box, BoxError
+from ergo_data.core.errors import ErgoError
 from ergo_data.core.labels import QUESTIONS, agreement, by_sample
 from ergo_data.core.schema import (
     LABELS_SCHEMA,
@@ -51,7 +52,7 @@ CHOICE_VALUES = {
 DATA_FILE = "part-00000-of-00001.parquet"
 
 
-class ReviewError(ValueError):
+class ReviewError(ErgoError, ValueError):
     """An annotation that cannot be converted (rotated box, another image size, unknown choice)."""
 
 
@@ -239,7 +240,9 @@ def pull(
 ) -> PullReport:
     """Export every task of ``project`` and write the reviewed Samples and the labels table into ``out``.
 
-    >>> pull("demo review", "out/demo-review", Connection("http://127.0.0.1:8080", "token"))  # doctest: +SKIP
+    With a server running (``tests/ergo_data/labelstudio/test_labelstudio.py`` starts one)::
+
+        pull("demo review", "out/demo-review", Connection("http://127.0.0.1:8080", "token"))
     """
     out = Path(out)
     with server_errors(conn):

@@ -346,8 +346,10 @@ def push(
 
     ``quiet=False`` shows a progress bar while images are read and region crops are made.
 
-    >>> push("out/demo", "demo review", Connection(DEFAULT_URL, "token"))  # doctest: +SKIP
-    PushReport(project='demo review', project_id=1, ..., created=9, ...)
+    With a server running (``tests/ergo_data/labelstudio/test_labelstudio.py`` starts one)::
+
+        push("out/demo", "demo review", Connection(DEFAULT_URL, "token"))
+        # PushReport(project='demo review', project_id=1, ..., created=9, ...)
     """
     rows = select_samples(samples_dir, where, limit)
     with server_errors(conn):

@@ -28,6 +28,7 @@ from typing import Self
 
 import httpx
 
+from ergo_data.core.errors import ErgoError
 from ergo_data.labelstudio.credentials import (
     CREDENTIALS_FILE,
     Credentials,
@@ -50,7 +51,7 @@ _MIGRATE = (
 )
 
 
-class LabelStudioServerError(RuntimeError):
+class LabelStudioServerError(ErgoError, RuntimeError):
     """The server could not be installed, started or reached; the message says what to do."""
 
 
@@ -204,8 +205,10 @@ def is_healthy(url: str, timeout: float = 2.0) -> bool:
 class LabelStudioServer:
     """A ``label-studio start`` child process on loopback; use as a context manager.
 
-    >>> with LabelStudioServer(settings) as server:  # doctest: +SKIP
-    ...     print(server.url)
+    Starting one takes seconds (``tests/support/ls_server.py`` does, once per test session)::
+
+        with LabelStudioServer(settings) as server:
+            print(server.url)
     """
 
     def __init__(self, settings: ServerSettings, venv: Path = DEFAULT_VENV) -> None:

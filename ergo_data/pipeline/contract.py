@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic.fields import FieldInfo
 
 from ergo_data.core.errors import RecipeError
 from ergo_data.core.schema import reject_row, rows_to_table
@@ -49,8 +50,8 @@ def build_params(cls: type, model: type[Params], params: Mapping[str, Any], kind
     try:
         return model(**params)
     except ValidationError as e:
-        valid = ", ".join(f"{k} ({_type_name(f.annotation)}, default {f.default!r})" if not f.is_required()
-                          else f"{k} ({_type_name(f.annotation)}, required)" for k, f in model.model_fields.items())
+        valid = ", ".join(f"{k} ({type_text(f.annotation)}, {'' if f.is_required() else 'default '}{default_text(f)})"
+                          for k, f in model.model_fields.items())
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<params>'}: {err['msg']}" for err in e.errors()
         )
@@ -58,8 +59,30 @@ def build_params(cls: type, model: type[Params], params: Mapping[str, Any], kind
         raise RecipeError(f"{kind} {name!r}: {problems}. Valid keys: {valid or '(none)'}") from None
 
 
-def _type_name(annotation: Any) -> str:
-    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+def type_text(annotation: Any) -> str:
+    """A parameter's type as a user reads it.
+
+    >>> type_text(int), type_text(list[str]), type_text(str | None)
+    ('int', 'list[str]', 'str | None')
+    """
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def default_text(field: FieldInfo) -> str:
+    """A parameter's default as its ``repr``, built when it comes from a factory; ``required`` if it has none.
+
+    >>> from pydantic import Field
+    >>> class P(Params):
+    ...     a: int
+    ...     b: list[str] = Field(default_factory=lambda: ["source"])
+    >>> [default_text(f) for f in P.model_fields.values()]
+    ['required', "['source']"]
+    """
+    if field.is_required():
+        return "required"
+    return repr(field.get_default(call_default_factory=True))
 
 
 @dataclass

@@ -1,6 +1,12 @@
 """DuckDB over a curated set: ``samples`` = ``data/*.parquet``, ``rejects`` = ``rejects/*.parquet``.
 
->>> t = run_query("out/demo", "SELECT count(*) AS n FROM samples")  # doctest: +SKIP
+>>> demo = getfixture("demo_set")  # the demo curation (tests/support/demo.py)
+>>> run_query(demo, "SELECT count(*) AS n FROM samples").to_pylist()
+[{'n': 9}]
+>>> run_query(demo, "SELECT nope FROM samples")
+Traceback (most recent call last):
+...
+ergo_data.pipeline.query.QueryError: query failed: Binder Error: ...
 """
 
 from __future__ import annotations
@@ -10,25 +16,46 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from ergo_data.core.errors import ConfigError, ErgoError
+
+# What DuckDB says about the SQL itself (syntax, unknown column or table); anything else is about the files.
+SQL_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+
+
+class QueryError(ConfigError, ValueError):
+    """SQL that DuckDB cannot run over the set, or a folder that is not a curated set (exit code 2)."""
+
+
+class UnreadableSetError(ErgoError, ValueError):
+    """A curated set whose Parquet files DuckDB cannot read (corrupt or truncated shards; exit code 1)."""
+
 
 def connect(out_dir: str | Path) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views ``samples`` and ``rejects`` (each only if it has Parquet files)."""
     out = Path(out_dir)
     data, rejects = out / "data", out / "rejects"
     if not data.is_dir():
-        raise ValueError(f"{out} has no data/ folder: is it the output of `ergo run`?")
+        raise QueryError(f"{out} has no data/ folder: is it the output of `ergo run`?")
     con = duckdb.connect()
     for name, folder in (("samples", data), ("rejects", rejects)):
         if any(folder.glob("*.parquet")):
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{folder.as_posix()}/*.parquet')")
+            try:
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{folder.as_posix()}/*.parquet')")
+            except duckdb.Error as e:
+                con.close()
+                raise UnreadableSetError(f"cannot read {folder}/*.parquet: {e}") from None
     return con
 
 
 def run_query(out_dir: str | Path, sql: str) -> pa.Table:
-    """Run ``sql`` and return an Arrow table; DuckDB errors become ValueError with the message."""
+    """Run ``sql`` and return an Arrow table; DuckDB errors become ``QueryError`` (the SQL) or
+    ``UnreadableSetError`` (the files), both ``ValueError`` with DuckDB's message."""
     con = connect(out_dir)
     try:
         return con.sql(sql).to_arrow_table()
+    except SQL_ERRORS as e:
+        raise QueryError(f"query failed: {e}") from None
     except duckdb.Error as e:
-        raise ValueError(f"query failed: {e}") from None
+        raise UnreadableSetError(f"query failed reading {out_dir}: {e}") from None
     finally:
         con.close()

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from ergo_data.core.errors import RecipeError
-from ergo_data.pipeline.contract import Params, Stage, build_params
+from ergo_data.pipeline.contract import Params, Stage, build_params, default_text, type_text
 from ergo_data.pipeline.registry import source_registry, stage_registry
 
 
@@ -38,6 +38,17 @@ class Recipe(Params):
     stages: list[dict[str, Any]] = Field(default_factory=list)
     output: OutputSpec = OutputSpec()
     ray: RaySpec = RaySpec()  # scheduling only: never changes the outputs
+    # Where the recipe came from (not part of it: never in model_dump or the fingerprint); recorded beside the
+    # outputs by the executors (``ergo_data.pipeline.recipe_record``).
+    _file: str | None = PrivateAttr(default=None)
+    _file_text: str | None = PrivateAttr(default=None)
+    _overrides: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def origin(self) -> dict[str, Any]:
+        """``{"file", "file_text", "overrides"}``: the recipe file (None if built from a dict) and the ``--set``
+        overrides applied to it, in order."""
+        return {"file": self._file, "file_text": self._file_text, "overrides": list(self._overrides)}
 
 
 def _parse_value(text: str) -> Any:
@@ -80,6 +91,7 @@ def parse_recipe(data: Any, overrides: list[str] | None = None, origin: str = "<
     for o in overrides or []:
         apply_override(data, o)
     recipe = build_params(Recipe, Recipe, data, "recipe")
+    recipe._overrides = list(overrides or [])
     if not recipe.sources:
         raise RecipeError(f"{origin}: `sources` is empty")
     names = [s.get("name") or s.get("type") for s in recipe.sources]
@@ -91,19 +103,31 @@ def parse_recipe(data: Any, overrides: list[str] | None = None, origin: str = "<
     return recipe
 
 
-def read_yaml_file(path: str | Path, what: str = "recipe") -> Any:
-    """Load a YAML file; a missing file or bad YAML is a RecipeError naming ``what`` and the path."""
+def read_yaml_text(path: str | Path, what: str = "recipe") -> tuple[str, Any]:
+    """``(text, parsed)`` of a YAML file; a missing, non-UTF-8 or bad YAML file is a RecipeError naming ``what``."""
     p = Path(path)
     if not p.is_file():
         raise RecipeError(f"{what} {str(p)!r} not found")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        return text, yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{what} {str(p)!r} is not UTF-8 text: {e}") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"{what} {str(p)!r} is not valid YAML: {e}") from None
 
 
+def read_yaml_file(path: str | Path, what: str = "recipe") -> Any:
+    """Load a YAML file; a missing file or bad YAML is a RecipeError naming ``what`` and the path."""
+    return read_yaml_text(path, what)[1]
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    return parse_recipe(read_yaml_file(path), overrides, str(path))
+    """Read and validate a recipe file with ``--set`` ``overrides``; the recipe remembers both (``origin``)."""
+    text, data = read_yaml_text(path)
+    recipe = parse_recipe(data, overrides, str(path))
+    recipe._file, recipe._file_text = str(path), text
+    return recipe
 
 
 def build_sources(recipe: Recipe) -> list[Any]:
@@ -124,9 +148,9 @@ def build_stages(recipe: Recipe) -> list[Stage]:
 
 
 def describe_params(cls: type) -> list[tuple[str, str, str]]:
-    """``(key, type, default)`` rows for ``ergo stages``."""
-    rows = []
-    for key, f in cls.Params.model_fields.items():
-        typ = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
-        rows.append((key, typ, "required" if f.is_required() else repr(f.default)))
-    return rows
+    """``(key, type, default)`` rows for ``ergo stages``; defaults from factories are shown as built.
+
+    >>> dict((k, d) for k, _, d in describe_params(stage_registry.get("stratify")))["by"]
+    "['source']"
+    """
+    return [(key, type_text(f.annotation), default_text(f)) for key, f in cls.Params.model_fields.items()]

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any, Generic, TypeVar
 
+from ergo_data.core.errors import ConfigError
+
 T = TypeVar("T")
 
 # Modules whose import registers the built-in sources and stages.
@@ -30,7 +32,9 @@ BUILTIN_MODULES = (
 _loaded = False
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(ConfigError, KeyError):
+    """An unknown source/stage type (or other registered name); the message lists the valid ones."""
+
     def __str__(self) -> str:  # KeyError quotes its message; we want a plain sentence
         return str(self.args[0])
 

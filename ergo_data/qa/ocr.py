@@ -10,7 +10,7 @@ read in overlapping tiles, so nothing is downscaled (RapidOCR itself shrinks inp
 >>> from PIL import Image, ImageDraw, ImageFont
 >>> page = Image.new("RGB", (640, 200), "white")
 >>> ImageDraw.Draw(page).text((40, 60), "STAND-BY", fill="black", font=ImageFont.load_default(size=48))
->>> engine = OcrEngine()
+>>> engine = OcrEngine()  # integration: reads with the OCR model below
 >>> [(line.text, line.box.x1 < 60 < line.box.x2 > 250, line.score > 0.9) for line in engine.read(page)]
 [('STAND-BY', True, True)]
 >>> engine.read(page, region=Box(0, 0, 200, 200))[0].box.x2 <= 200
@@ -27,12 +27,13 @@ import numpy as np
 from PIL import Image
 
 from ergo_data.core.boxes import Box
+from ergo_data.core.errors import ConfigError
 
 INSTALL_HINT = "pip install 'ergo-workbench[ocr]'"
 RAPIDOCR_MAX_SIDE = 2000  # RapidOCR's Global.max_side_len: larger inputs are downscaled before detection
 
 
-class OcrUnavailableError(ImportError):
+class OcrUnavailableError(ConfigError, ImportError):
     """rapidocr or onnxruntime is not installed; the message says how to install the extra."""
 
 

@@ -12,9 +12,11 @@ them. A detector never annotates exhaustively, so counting is always skipped, an
 ``needs_review`` (nobody checked the labels): review them in Label Studio, or let ``box_agreement``
 compare them with annotations of the same image.
 
->>> det = SsdMobilenetDetector()                                        # doctest: +SKIP
->>> [(d.label, round(d.score, 2)) for d in det.detect(Image.open("examples/imgaug_quokka.jpg"))]  # doctest: +SKIP
-[('dog', 0.92)]
+Detecting loads the model (``tests/ergo_data/qa/test_questions.py`` does, on this photo)::
+
+    det = SsdMobilenetDetector()
+    [(d.label, round(d.score, 2)) for d in det.detect(Image.open("examples/imgaug_quokka.jpg"))]
+    # [('dog', 0.92)]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from PIL import Image
 from pydantic import Field
 
 from ergo_data.core.boxes import Box, BoxError
-from ergo_data.core.errors import RecipeError
+from ergo_data.core.errors import ConfigError, RecipeError
 from ergo_data.core.files import IMAGE_EXTENSIONS
 from ergo_data.core.imageio import DecodeError, decode_coarse
 from ergo_data.pipeline.contract import Reject
@@ -59,7 +61,7 @@ COCO_LABELS = {
 }
 
 
-class DetectorUnavailableError(ImportError):
+class DetectorUnavailableError(ConfigError, ImportError):
     """The detector's wheel (or OpenCV's dnn module) is missing; the message says how to install it."""
 
 

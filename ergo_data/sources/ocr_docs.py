@@ -19,9 +19,12 @@ whole image, in full-resolution tiles. Options (``choices`` > 0) are other lines
 >>> page, truth = render_document(["INVOICE 2041", "Total due: 318 EUR"], (800, 300))
 >>> page.size, truth[0][0], truth[0][1].x1
 ((800, 300), 'INVOICE 2041', 60.0)
->>> src = OcrDocsSource(name="docs", path="tests/data/qa/docs")  # a rendered receipt   # doctest: +SKIP
->>> [(r["question"], r["answer"]) for r in src.read()][1]                              # doctest: +SKIP
-('What is written directly below "WAREHOUSE RECEIPT"?', 'Order 4471')
+
+Reading a folder runs the OCR model (``tests/ergo_data/qa/test_ocr.py`` does, on a rendered receipt)::
+
+    src = OcrDocsSource(name="docs", path="tests/data/qa/docs")
+    [(r["question"], r["answer"]) for r in src.read()][1]
+    # ('What is written directly below "WAREHOUSE RECEIPT"?', 'Order 4471')
 """
 
 from __future__ import annotations

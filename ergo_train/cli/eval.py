@@ -73,24 +73,24 @@ def eval_command(
     """Evaluate a model on a benchmark; every failure counts as WRONG and is listed in the report."""
     if ctx.invoked_subcommand is not None:
         return
-    from ergo_data.cli.common import console, fail
+    from ergo_data.cli.common import USAGE_EXIT, cli_errors, console, fail
     from ergo_data.pipeline.progress import Progress
     from ergo_train.eval.evaluate import MODES, EvalSettings, run_eval
-    from ergo_train.eval.loaders import BENCHES, BenchFormatError
+    from ergo_train.eval.loaders import BENCHES
 
     missing = [o for o, v in (("--bench", bench), ("--path", path), ("--out", out)) if v is None]
     if missing:
-        fail(f"missing option(s) {', '.join(missing)} (see `ergo eval --help`)")
+        fail(f"missing option(s) {', '.join(missing)} (see `ergo eval --help`)", USAGE_EXIT)
     modes = [m.strip() for m in mode.split(",") if m.strip()]
     if full_res_baseline and "direct_full" not in modes:
         modes.append("direct_full")
     if bench not in BENCHES:
-        fail(f"unknown bench {bench!r}; valid: {', '.join(BENCHES)}")
+        fail(f"unknown bench {bench!r}; valid: {', '.join(BENCHES)}", USAGE_EXIT)
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
-        fail(f"unknown mode(s) {unknown or mode!r}; valid: {', '.join(MODES)}")
+        fail(f"unknown mode(s) {unknown or mode!r}; valid: {', '.join(MODES)}", USAGE_EXIT)
     if dtype not in ("auto", "bfloat16", "float16", "float32"):
-        fail(f"unknown dtype {dtype!r}; valid: auto, bfloat16, float16, float32")
+        fail(f"unknown dtype {dtype!r}; valid: auto, bfloat16, float16, float32", USAGE_EXIT)
     settings = EvalSettings(max_pixels=max_pixels, max_new_tokens=max_new_tokens, timeout_s=timeout,
                             temperature=temperature, concurrency=concurrency if api_base else 1)
     chat = None
@@ -102,12 +102,11 @@ def eval_command(
                           send_chat_template=send_chat_template)
     with Progress(quiet=quiet) as progress:
         task = progress.task(f"{bench} x {','.join(modes)} (records)")
-        try:
-            paths = run_eval(bench, path, model, modes, out, settings=settings, limit=limit,
-                             seeds=range(seed, seed + seeds), shuffle=shuffle, device=device, dtype=dtype,
-                             chat=chat, on_record=lambda rec: progress.advance(task))
-        except (BenchFormatError, ValueError, OSError) as e:
-            fail(str(e))
+        try:  # ValueError: a mode the bench cannot run (oracle_crop without boxes)
+            with cli_errors(usage=(ValueError,)):
+                paths = run_eval(bench, path, model, modes, out, settings=settings, limit=limit,
+                                 seeds=range(seed, seed + seeds), shuffle=shuffle, device=device, dtype=dtype,
+                                 chat=chat, on_record=lambda rec: progress.advance(task))
         finally:
             if chat is not None:
                 chat.close()
@@ -127,14 +126,12 @@ def score_command(
                                               "the file")] = None,
 ) -> None:
     """Re-score predictions without a model and print the same report (both matchers for VLMEvalKit files)."""
-    from ergo_data.cli.common import console, fail
+    from ergo_data.cli.common import cli_errors, console
     from ergo_train.eval.score import score_file
 
     out = out or predictions.parent / f"{predictions.stem}_score"
-    try:
+    with cli_errors(usage=(ValueError,)):  # ValueError: not a predictions file, an unknown bench
         paths = score_file(predictions, out, bench)
-    except (ValueError, OSError) as e:
-        fail(str(e))
     print_summary(paths["summary"])
     console.print(f"[bold green]report:[/] {paths['report']}")
 
@@ -149,10 +146,12 @@ def serve_command(
     device: Annotated[str, typer.Option("--device")] = "auto",
 ) -> None:
     """Serve a transformers checkpoint on an OpenAI-compatible /v1/chat/completions (for real models: vLLM)."""
+    from ergo_data.cli.common import cli_errors
     from ergo_train.eval.chat_server import main
 
-    main(["--model", model, "--host", host, "--port", str(port), "--max-pixels", str(max_pixels),
-          "--device", device])
+    with cli_errors():  # exit 1: the model cannot be loaded, the port is taken
+        main(["--model", model, "--host", host, "--port", str(port), "--max-pixels", str(max_pixels),
+              "--device", device])
 
 
 def print_summary(summary_path: Path) -> None:

@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from ergo_data.cli.common import FAILURE_EXIT, USAGE_EXIT, cli_errors, fail
+
 rewards_app = typer.Typer(help="Reward components: validation against human labels, counterfactuals, hacking replay.",
                           no_args_is_help=True)
 
@@ -30,18 +32,11 @@ def register(app: typer.Typer) -> None:
     app.add_typer(rewards_app, name="rewards")
 
 
-def _fail(message: str, code: int = 2) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
-    raise typer.Exit(code)
-
-
 def _judge(name: str, *, model: str, max_pixels: int, batch_size: int, labels: Path | None):
     from ergo_train.rewards.judges import JUDGES, build_judge
 
     if name not in JUDGES:
-        _fail(f"unknown judge {name!r}; valid: {', '.join(sorted(JUDGES))}")
+        fail(f"unknown judge {name!r}; valid: {', '.join(sorted(JUDGES))}", USAGE_EXIT)
     params: dict[str, Any] = {}
     if name == "vlm":
         params = {"model": model, "max_pixels": max_pixels, "batch_size": batch_size}
@@ -49,7 +44,7 @@ def _judge(name: str, *, model: str, max_pixels: int, batch_size: int, labels: P
         params = {"max_pixels": max_pixels}
     else:
         if labels is None:
-            _fail("the stored judge needs --labels LABELS.parquet")
+            fail("the stored judge needs --labels LABELS.parquet", USAGE_EXIT)
         params = {"labels": str(labels)}
     return build_judge(name, **params)
 
@@ -88,16 +83,14 @@ def validate_command(
     """Each judge's r_region verdict on the human box crops vs region_answerable; r_acc's parser vs answer_correct."""
     from rich.console import Console
 
-    from ergo_train.rewards.judges import JudgeCache, JudgeError
-    from ergo_train.rewards.validation import ValidationError, run_validation
+    from ergo_train.rewards.judges import JudgeCache
+    from ergo_train.rewards.validation import run_validation
 
     samples = samples or labels.parent
-    try:
+    with cli_errors():
         judges = [_judge(j, model=model, max_pixels=max_pixels, batch_size=batch_size, labels=labels) for j in judge]
         report, comps = run_validation(labels, samples, judges, out, image_root=image_root,
                                        cache=JudgeCache(cache) if cache else None, n_boot=boot)
-    except (ValidationError, JudgeError, OSError) as e:
-        _fail(str(e))
     console = Console()
     for c in comps:
         m = c.metrics
@@ -127,21 +120,19 @@ def counterfactual_command(
     """Judge full / downsampled / crop / masked views: which samples truly depend on the region, which need zoom."""
     from rich.console import Console
 
-    from ergo_train.rewards.judges import JudgeCache, JudgeError
-    from ergo_train.rewards.validation import ValidationError, load_samples
+    from ergo_train.rewards.judges import JudgeCache
+    from ergo_train.rewards.validation import load_samples
     from ergo_train.stages.counterfactual import run_counterfactuals, summarize, write_counterfactual_report
 
     if low_max_pixels >= max_pixels:
-        _fail("--low-max-pixels must be below --max-pixels")
-    try:
+        fail("--low-max-pixels must be below --max-pixels", USAGE_EXIT)
+    with cli_errors():
         rows = list(load_samples(samples, image_root).values())[:limit]
         j = _judge(judge, model=model, max_pixels=max_pixels, batch_size=4, labels=None)
         if not j.needs_image:
-            _fail(f"judge {judge!r} does not look at images; use vlm or ocr")
+            fail(f"judge {judge!r} does not look at images; use vlm or ocr", USAGE_EXIT)
         results, skipped = run_counterfactuals(j, rows, max_pixels=max_pixels, low_max_pixels=low_max_pixels,
                                                cache=JudgeCache(cache) if cache else None)
-    except (ValidationError, JudgeError, OSError) as e:
-        _fail(str(e))
     path = write_counterfactual_report(out, results, skipped, {"samples": str(samples), "judge": j.fingerprint,
                                                                "low_max_pixels": str(low_max_pixels)})
     s = summarize(results)
@@ -171,25 +162,22 @@ def hacking_command(
     from rich.console import Console
 
     from ergo_train.rewards.hacking import check, print_table, replay
-    from ergo_train.rewards.judges import JudgeError
-    from ergo_train.rewards.validation import ValidationError, load_samples
+    from ergo_train.rewards.validation import load_samples
 
-    try:
+    with cli_errors(usage=(ValueError,)):  # ValueError: --id names a sample without options and letter
         rows = load_samples(samples, image_root)
         if sample_id is None:
             sample_id = next((k for k, r in rows.items() if r.get("options") and r.get("answer_letter")
                               and r.get("boxes")), None)
         if sample_id not in rows:
-            _fail(f"sample {sample_id!r} not found in {samples}" if sample_id else
-                  f"no multiple-choice sample with boxes in {samples}")
+            fail(f"sample {sample_id!r} not found in {samples}" if sample_id else
+                 f"no multiple-choice sample with boxes in {samples}", USAGE_EXIT)
         j = _judge(judge, model=model, max_pixels=max_pixels, batch_size=8, labels=labels) if judge else None
         results = replay(rows[sample_id], judge=j, gamma=gamma, max_pixels=max_pixels)
-    except (ValidationError, JudgeError, OSError, ValueError) as e:
-        _fail(str(e))
     problems = check(results)
     console = Console()
     console.print(f"sample [bold]{sample_id}[/], judge {j.fingerprint if j else '(none)'}")
     print_table(results, problems, console)
     if problems:
-        raise typer.Exit(1)
+        fail(f"{len(problems)} expectations of the hacking suite broke (listed in the table above)", FAILURE_EXIT)
     console.print("[bold green]every hack ranks as intended[/]")

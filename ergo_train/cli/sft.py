@@ -35,8 +35,7 @@ def sft_command(
     from rich.console import Console
     from rich.table import Table
 
-    from ergo_data.cli.common import fail
-    from ergo_data.core.errors import RecipeError
+    from ergo_data.cli.common import cli_errors
     from ergo_train.train.sft import build_sft_trainer, load_sft_recipe, run_sft, sft_config_kwargs
 
     console = Console()
@@ -45,11 +44,9 @@ def sft_command(
         overrides.append(f"model={model}")
     if out:
         overrides.append(f"output_dir={out}")
-    try:
+    with cli_errors(usage=(ValueError,)):  # a bad recipe or curated set; a model that cannot load exits 1
         rec = load_sft_recipe(recipe, overrides)
         parts = build_sft_trainer(rec)
-    except (RecipeError, ValueError) as e:
-        fail(str(e))
     if dry_run:
         episode = parts.collator.episode(parts.dataset[0])
         console.print(f"[bold]SFT recipe[/] {rec.name}: OK")
@@ -60,10 +57,8 @@ def sft_command(
         console.print(f"    {episode.turn1_text!r}", highlight=False)
         console.print(f"  SFTConfig {sft_config_kwargs(rec)}")
         return
-    try:
+    with cli_errors(failure=(ValueError,)):
         result = run_sft(rec, parts)
-    except (RecipeError, ValueError) as e:
-        fail(str(e), code=1)
     steps = [h for h in result.log_history if "loss" in h]
     table = Table(title=f"{rec.name}: {result.global_step} steps")
     table.add_column("step", justify="right")

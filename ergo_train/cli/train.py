@@ -37,30 +37,23 @@ def train_command(
     from rich.console import Console
     from rich.table import Table
 
-    from ergo_data.core.errors import RecipeError
+    from ergo_data.cli.common import cli_errors
     from ergo_train.rewards.reward_set import reward_weights
     from ergo_train.train.data import load_curated
     from ergo_train.train.grpo import train
     from ergo_train.train.recipe import PRESETS, grpo_config_kwargs, load_train_recipe
 
-    console, err = Console(), Console(stderr=True)
-
-    def fail(msg: str) -> None:
-        err.print(f"[bold red]error:[/] {msg}")
-        raise typer.Exit(2)
-
+    console = Console()
     overrides = list(set_ or [])
     if model:
         overrides.append(f"model={model}")
     if out:
         overrides.append(f"output_dir={out}")
-    try:
+    with cli_errors():
         rec = load_train_recipe(recipe, overrides)
         config = grpo_config_kwargs(rec)
         if dry_run:
             rows = len(load_curated(rec.data, rec.max_pixels))
-    except RecipeError as e:
-        fail(str(e))
     if dry_run:
         console.print(f"[bold]training recipe[/] {rec.name}: OK")
         console.print(f"  model {rec.model} ({rec.dtype}), lora: {rec.lora.model_dump() if rec.lora else 'off'}")
@@ -70,10 +63,8 @@ def train_command(
         console.print(f"  preset {rec.preset} {PRESETS[rec.preset]}")
         console.print(f"  GRPOConfig {config}")
         return
-    try:
+    with cli_errors():
         result = train(rec)
-    except RecipeError as e:
-        fail(str(e))
     steps = [h for h in result.log_history if "loss" in h]
     table = Table(title=f"{rec.name}: {result.global_step} steps")
     table.add_column("metric")

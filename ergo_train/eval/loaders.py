@@ -36,7 +36,7 @@ from typing import Any
 from PIL import Image
 
 from ergo_data.core.boxes import Box
-from ergo_data.core.errors import ItemError
+from ergo_data.core.errors import ConfigError, ItemError
 from ergo_data.core.files import load_json_file
 from ergo_data.core.imageio import DecodeError, open_rgb, read_info
 from ergo_data.sources.vstar import VstarItemError, find_vstar_items, missing_image_detail, read_vstar_item
@@ -61,7 +61,7 @@ MME_REQUIRED = ("Question_id", "Image", "Text", "Answer choices", "Ground truth"
 _MME_CHOICE = re.compile(r"^\s*\(([A-Z])\)\s*(.*?)\s*$", re.DOTALL)
 
 
-class BenchFormatError(ValueError):
+class BenchFormatError(ConfigError, ValueError):
     """The benchmark input as a whole cannot be read (wrong path, missing columns, not a list...)."""
 
 

@@ -1,6 +1,6 @@
 """``load_model`` / ``load_processor`` for ``"tiny"`` (the cached tiny checkpoint) or any Qwen-VL checkpoint.
 
->>> model, processor = load_model("tiny", max_pixels=64 * 28 * 28)   # "tiny" is cached per seed and version
+>>> model, processor = load_model("tiny", max_pixels=64 * 28 * 28)  # integration; "tiny" is cached per seed and version
 >>> type(model).__name__, processor.image_processor.size["longest_edge"]
 ('Qwen2_5_VLForConditionalGeneration', 50176)
 """

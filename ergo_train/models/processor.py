@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 # Tokens a random model must never sample: generating them would make Qwen's rope index look for images
-# that do not exist (TRL_FACTS pitfall 1). Suppress them in generation.
+# that do not exist (docs/trl-pitfalls.md, 1). Suppress them in generation.
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
 
 

@@ -5,7 +5,7 @@ Qwen2.5-VL architecture, vision tower and processor with random weights and a by
 trained locally, so tests run GRPO, evaluation and judges without the hub or a GPU. Any other name is
 a local checkpoint directory or a hub name, loaded with ``from_pretrained``.
 
->>> model, processor = build_tiny(seed=0)
+>>> model, processor = build_tiny(seed=0)  # integration: builds the tiny model
 >>> model.config.model_type, processor.image_processor.patch_size, processor.image_processor.merge_size
 ('qwen2_5_vl', 14, 2)
 >>> processor.tokenizer.convert_ids_to_tokens(model.config.image_token_id)

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from ergo_data.core.boxes import BoxError, Size
+from ergo_data.core.errors import ConfigError
 from ergo_data.core.vision import PATCH, resized_size
 from ergo_train.rewards.judges import JudgeCache, RegionQuery, build_judge, judge_regions
 from ergo_train.rollout.matching import answer_matches
@@ -55,7 +56,7 @@ DEFAULT_ALPHA = 1.0
 DEFAULT_BETA = 0.5
 
 
-class RewardConfigError(ValueError):
+class RewardConfigError(ConfigError, ValueError):
     """A reward that cannot be built or computed as configured; the message says what is needed."""
 
 

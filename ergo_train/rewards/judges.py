@@ -36,6 +36,7 @@ from typing import Any
 from PIL import Image
 
 from ergo_data.core.boxes import Box
+from ergo_data.core.errors import ConfigError, ErgoError
 from ergo_data.core.imageio import ImageSource
 from ergo_train.rollout.matching import answer_matches, normalize_answer
 from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels, fit_aspect
@@ -43,8 +44,12 @@ from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels, fi
 DEFAULT_MAX_PIXELS = budget_max_pixels(DEFAULT_BUDGET_TOKENS)
 
 
-class JudgeError(ValueError):
+class JudgeError(ErgoError, ValueError):
     """A judge that cannot give a verdict for an item; the message names the item and the reason."""
+
+
+class JudgeConfigError(JudgeError, ConfigError):
+    """A judge that cannot be built as configured (unknown name, bad parameter, missing labels file)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -427,7 +432,7 @@ def _label_rows(labels: Any) -> list[Mapping[str, Any]]:
 
         path = Path(labels)
         if not path.exists():
-            raise JudgeError(f"labels file {path} does not exist")
+            raise JudgeConfigError(f"labels file {path} does not exist")
         return pq.read_table(path).to_pylist()
     if hasattr(labels, "to_pylist"):
         return labels.to_pylist()
@@ -445,11 +450,11 @@ def build_judge(spec: Judge | str | Mapping[str, Any], **params: Any) -> Judge:
         params = {**{k: v for k, v in spec.items() if k != "type"}, **params}
         spec = spec.get("type", "")
     if spec not in JUDGES:
-        raise JudgeError(f"unknown judge {spec!r}; valid judges: {', '.join(sorted(JUDGES))}")
+        raise JudgeConfigError(f"unknown judge {spec!r}; valid judges: {', '.join(sorted(JUDGES))}")
     try:
         return JUDGES[spec](**params)
     except TypeError as e:
-        raise JudgeError(f"judge {spec!r}: {e}") from None
+        raise JudgeConfigError(f"judge {spec!r}: {e}") from None
 
 
 # ---- cache -------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ergo_data.core.boxes import Box, BoxError
+from ergo_data.core.errors import ConfigError
 from ergo_data.core.labels import QuestionAgreement, agreement
 from ergo_train.rewards.judges import Judge, JudgeCache, JudgeError, RegionQuery, judge_regions
 from ergo_train.rollout.matching import answer_matches
@@ -34,7 +35,7 @@ REQUIRED_LABEL_COLUMNS = ("id", "region_answerable", "x1", "y1", "x2", "y2")
 METRICS = ("accuracy", "precision", "recall", "cohen_kappa", "roc_auc")
 
 
-class ValidationError(ValueError):
+class ValidationError(ConfigError, ValueError):
     """Labels or samples that cannot be validated; the message names the file and what is wrong."""
 
 

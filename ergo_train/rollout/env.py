@@ -234,7 +234,7 @@ class ZoomEnv:
         self.zooms.append(result)
         self.vision_tokens.append(result.vision_tokens)
         text = turn2_text(self.row["question"], self.row.get("options"))
-        if not result.ok:  # still return an image: TRL needs one (docs/trl-pitfalls.md); r_format scores 0
+        if not result.ok:  # still return an image: TRL needs one (docs/trl-pitfalls.md, 2); r_format scores 0
             text = f"zoom error: {result.error}; showing the whole image instead.\n{text}"
         return [{"type": "image", "image": result.image}, {"type": "text", "text": text}]
 

@@ -12,7 +12,7 @@ produce had the policy written it (tests/ergo_train/train/test_sft.py compares t
 >>> from PIL import Image
 >>> from ergo_train.models.loaders import load_model
 >>> from ergo_train.rollout.env import use_tool_chat_template
->>> _, processor = load_model("tiny", max_pixels=64 * 28 * 28)
+>>> _, processor = load_model("tiny", max_pixels=64 * 28 * 28)  # integration
 >>> renderer = EpisodeRenderer(use_tool_chat_template(processor), 64 * 28 * 28)
 >>> row = {"image": Image.new("RGB", (1200, 900)), "question": "What colour is the car?",
 ...        "options": ["red", "blue"], "answer": "blue", "answer_letter": "B"}

@@ -94,7 +94,7 @@ def zoom_crop(image: Image.Image | ImageSource, xyxy: Sequence[Any] | None, seen
     """Map a zoom box from the coarse view (``seen_size``) to the original, crop at full res, resize.
 
     Malformed boxes (not 4 finite numbers, inverted, wholly outside) return the whole coarse view with
-    ``ok=False`` and an error text: the tool must always return an image (see TRL_FACTS pitfall 2).
+    ``ok=False`` and an error text: the tool must always return an image (docs/trl-pitfalls.md, 2).
     """
     try:
         if xyxy is None:

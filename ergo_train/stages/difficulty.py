@@ -25,7 +25,7 @@ mix (``where: "acc_rate BETWEEN 0.1 AND 0.9"``). Runs are seeded per sample id, 
 on the order or the chunking of the rows. Any Hugging Face Qwen-VL checkpoint works (``model: tiny`` in tests).
 
 >>> from ergo_data.pipeline.registry import stage_registry
->>> stage = stage_registry.get("difficulty")(model="tiny", k=2, budget_tokens=64, max_new_tokens=8)
+>>> stage = stage_registry.get("difficulty")(model="tiny", k=2, budget_tokens=64, max_new_tokens=8)  # integration
 >>> stage.params.k, stage.reward_names
 (2, ['r_format', 'r_acc', 'r_region', 'r_box'])
 """

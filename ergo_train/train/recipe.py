@@ -102,7 +102,7 @@ def grpo_config_kwargs(recipe: TrainRecipe, *, use_vllm: bool | None = None,
     kw: dict[str, Any] = {
         "output_dir": recipe.output_dir, "seed": recipe.seed, "report_to": "none",
         "max_tool_calling_iterations": 1,  # turn 1 -> zoom -> turn 2
-        "log_completions": False,  # image tool results break TRL's completions table (TRL_FACTS pitfall 3)
+        "log_completions": False,  # image tool results break TRL's completions table (docs/trl-pitfalls.md, 3)
         "remove_unused_columns": False,
         "reward_weights": list(reward_weights(recipe.rewards).values()),
         "bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),

@@ -1,7 +1,7 @@
 """The one demo curation of the session (``ergo run pipelines/demo.yaml``), shared by every test module.
 
-``demo_run`` is ``(out, stats)``: real images, real boxes, data/, rejects/, stats.json and recipe.yaml as
-``ergo run`` writes them. Tests read it and never write into it (copy it first: ``shutil.copytree``).
+``demo_run`` is ``(out, stats)``: real images, real boxes, data/, rejects/, stats.json and recipe.json/.yaml
+as ``ergo run`` writes them. Tests read it and never write into it (copy it first: ``shutil.copytree``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     recipe_path = ROOT / "pipelines" / "demo.yaml"
     out = tmp_path_factory.mktemp("demo")
     recipe = load_recipe(recipe_path, [f"sources.0.path={EXAMPLES / 'vstar'}", f"sources.1.path={EXAMPLES / 'coco'}"])
-    stats = run_pipeline(recipe, out, quiet=True, recipe_text=recipe_path.read_text(encoding="utf-8"))
+    stats = run_pipeline(recipe, out, quiet=True)
     assert stats["invariant"]["ok"] and stats["totals"]["kept"] >= 4, stats["totals"]
     return DemoRun(out, stats)
 

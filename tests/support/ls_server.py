@@ -4,7 +4,7 @@ It installs ``.venv-ls`` once (``scripts/install_ls.sh``, cached by its stamp; n
 time), seeds the data dir with a migrated empty database (built once per install), makes the data dir's
 own credentials as ``ergo ls serve`` does (``settings_for_data_dir``: a new admin and token, nothing taken
 from the environment), starts the server, waits for ``/health``, writes ``DATA_DIR/credentials.env``
-(``claim_credentials``) and stops the server (SIGTERM, then SIGKILL) at the end. It is imported by tests/conftest.py, so every module shares one server per session.
+(``claim_credentials``) and stops the server (SIGTERM, then SIGKILL) at the end. It is imported by the root conftest.py, so every module shares one server per session.
 """
 
 from __future__ import annotations

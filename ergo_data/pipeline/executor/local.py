@@ -55,7 +55,7 @@ def run_chunk(specs: list[dict[str, Any]], src_path: str, dst_path: str) -> dict
 
 # ---- the run --------------------------------------------------------------------------------------
 def run_pipeline(recipe: Recipe, out_dir: str | Path, workers: int = 1, quiet: bool = False,
-                 recipe_text: str | None = None, fresh: bool = False) -> dict[str, Any]:
+                 fresh: bool = False) -> dict[str, Any]:
     """Run ``recipe`` into ``out_dir``; resumes a killed run of the same recipe. Returns stats."""
     from ergo_data.pipeline.progress import Progress
 
@@ -79,7 +79,7 @@ def run_pipeline(recipe: Recipe, out_dir: str | Path, workers: int = 1, quiet: b
             return n_chunks, _run_map(seg, prev, seg_dir, n_chunks, workers, prog)
 
         stats = run_segments(recipe, stages, segments, out, work, prog, run_map)
-    return finish_run(out, stats, t_start, recipe_text)
+    return finish_run(out, stats, t_start, recipe)
 
 
 def _run_map(seg: Segment, prev: Path, seg_dir: Path, n_chunks: int, workers: int, prog) -> list[dict[str, Any]]:

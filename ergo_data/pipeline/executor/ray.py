@@ -22,8 +22,10 @@ segment). Later stages pass meta rows through untouched; the driver splits them 
 >>> live, meta = split_meta(block)
 >>> live.column_names, live.num_rows, [json.loads(m)["kind"] for m in meta.column(META).to_pylist()]
 (['id', 'source'], 1, ['reject'])
->>> from ergo_data.pipeline.recipe import load_recipe
->>> run_pipeline_ray(load_recipe("pipelines/demo.yaml"), "/tmp/ray-demo", quiet=True)  # doctest: +SKIP
+
+A run (starts a local Ray; ``tests/ergo_data/pipeline/test_ray_executor.py`` runs it)::
+
+    run_pipeline_ray(load_recipe("pipelines/demo.yaml"), "/tmp/ray-demo", quiet=True)
 """
 
 from __future__ import annotations
@@ -180,8 +182,8 @@ def _iter_blocks(ds) -> Iterator[pa.Table]:
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = None, quiet: bool = False,
-                     recipe_text: str | None = None) -> dict[str, Any]:
+def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = None, quiet: bool = False
+                     ) -> dict[str, Any]:
     """Run ``recipe`` on Ray into ``out_dir``; returns the same stats as the local ``run_pipeline``.
 
     ``address``: ``None`` starts a local Ray (or joins ``RAY_ADDRESS``, or the one already initialised in
@@ -212,7 +214,7 @@ def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = 
             import ray
 
             ray.shutdown()
-    shared.finish_run(out, stats, t_start, recipe_text)
+    shared.finish_run(out, stats, t_start, recipe)
     shutil.rmtree(work, ignore_errors=True)
     return stats
 

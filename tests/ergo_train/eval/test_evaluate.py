@@ -1,6 +1,6 @@
 """Evaluation with the tiny Qwen2.5-VL: honest counting of failures, the three modes end to end, `ergo eval`.
 
-A random model never writes a tool call or an answer (TRL_FACTS), so tests that need a given completion
+A random model never writes a tool call or an answer (docs/trl-pitfalls.md, 10), so tests that need a given completion
 use constrained decoding (transformers' ``prefix_allowed_tokens_fn``): the real model, processor, chat
 template, generate loop and TRL parser all run; only the choice of each next token is forced.
 """
@@ -90,6 +90,7 @@ def tool_call(xyxy) -> str:
 
 
 # ---- counting -----------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_every_failure_is_wrong_listed_and_kept_in_the_denominator(tiny, tmp_path):
     _model, _proc = tiny
     runs = [
@@ -132,6 +133,7 @@ def test_parse_choice_reads_tags_or_the_whole_output_as_vlmevalkit_does():
 
 
 # ---- the three modes ----------------------------------------------------------------------------
+@pytest.mark.integration
 def test_coarse_to_fine_zoom_on_the_ground_truth_box(tiny):
     _model, _proc = tiny
     item = next(i for i in load_bench("vstar", EXAMPLES / "vstar") if i.id == "vstar/signicade")
@@ -152,6 +154,7 @@ def test_coarse_to_fine_zoom_on_the_ground_truth_box(tiny):
     assert rec["vision_tokens"] == sum(rec["vision_tokens_turns"])
 
 
+@pytest.mark.integration
 def test_coarse_to_fine_malformed_or_missing_zoom(tiny):
     _model, _proc = tiny
     item = synth_item()
@@ -165,6 +168,7 @@ def test_coarse_to_fine_malformed_or_missing_zoom(tiny):
     assert "no zoom call in turn 1" in none["error"]
 
 
+@pytest.mark.integration
 def test_direct_and_oracle_crop_count_the_tokens_the_processor_saw(tiny):
     _model, _proc = tiny
     item = synth_item(size=(1600, 600))
@@ -181,6 +185,7 @@ def test_direct_and_oracle_crop_count_the_tokens_the_processor_saw(tiny):
     assert (no_box["status"], no_box["correct"]) == ("no_gt_box", False)
 
 
+@pytest.mark.integration
 def test_evaluate_runs_every_mode_on_every_item(tiny):
     model, proc = tiny
     items = [synth_item("t/a"), BadItem("t/b", "t", "bad_answer", "x"), synth_item("t/c", data=b"")]
@@ -194,6 +199,7 @@ def test_evaluate_runs_every_mode_on_every_item(tiny):
 
 
 # ---- `ergo eval` --------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_cli_eval_three_modes_on_the_vstar_examples(tmp_path):
     out = tmp_path / "eval"
     res = runner.invoke(app, ["eval", "--bench", "vstar", "--path", str(EXAMPLES / "vstar"), "--model", "tiny",
@@ -220,6 +226,7 @@ def test_cli_eval_three_modes_on_the_vstar_examples(tmp_path):
     assert (out / "accuracy_vs_tokens.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.integration
 def test_cli_eval_with_a_checkpoint_directory(tmp_path):
     ckpt = save_tiny(tmp_path / "ckpt", seed=1)
     res = runner.invoke(app, ["eval", "--bench", "vstar", "--path", str(EXAMPLES / "vstar"), "--model", str(ckpt),

@@ -12,6 +12,8 @@ from ergo_train.models.processor import vision_token_ids
 from ergo_train.models.tiny import SPECIAL_TOKENS, build_tiny, save_tiny, tiny_checkpoint
 from tests.support.scripted import scripted_first_turn
 
+pytestmark = pytest.mark.integration  # every test builds or loads the tiny model
+
 BUDGET = budget_pixels(64)
 
 

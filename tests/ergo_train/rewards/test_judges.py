@@ -93,6 +93,7 @@ def test_judge_regions_crops_the_original_and_caches(samples):
     assert judge_regions(judge, [q], cache)[0].correct and cache.hits == 2
 
 
+@pytest.mark.integration
 def test_ocr_judge_reads_the_board_only_in_the_right_crop(samples):
     """Real RapidOCR on the queue_time board: the crop names '10 minutes'; a crop beside it reads nothing useful."""
     s = samples["examples/queue_time"]
@@ -105,6 +106,7 @@ def test_ocr_judge_reads_the_board_only_in_the_right_crop(samples):
     assert not off_board.correct and off_board.confidence < 1.0
 
 
+@pytest.mark.integration
 def test_ocr_judge_open_question_on_rendered_text():
     page = Image.new("RGB", (420, 120), "white")
     ImageDraw.Draw(page).text((20, 30), "EXIT 42", fill="black", font=ImageFont.load_default(size=48))
@@ -135,6 +137,7 @@ def test_counterfactual_stage_is_registered_and_checks_its_judge():
         cls(judge="ocr", keep="sometimes")
 
 
+@pytest.mark.integration
 def test_counterfactual_stage_keeps_the_board_question_as_needing_zoom(samples):
     """Real OCR: '10 minutes' is read in the board crop, not in the whole image at a small budget."""
     import pyarrow as pa
@@ -162,6 +165,7 @@ def tiny_judges():
     return batched, one_by_one
 
 
+@pytest.mark.integration
 def test_vlm_judge_batched_equals_unbatched(tiny_judges, samples):
     batched, one_by_one = tiny_judges
     s = samples["examples/signicade"]

@@ -84,7 +84,7 @@ def test_malformed_zoom_still_returns_the_whole_view_and_an_error(args, error):
     env = _env()
     blocks = env.zoom(*args)
     assert not env.zoom_ok and env.zoom_box is None and error in env.zoom_error
-    assert blocks[0]["image"].size == env.seen_size  # an image always comes back (TRL_FACTS pitfall 2)
+    assert blocks[0]["image"].size == env.seen_size  # an image always comes back (docs/trl-pitfalls.md, 2)
     assert blocks[1]["text"].startswith("zoom error: ") and ANSWER_INSTRUCTION in blocks[1]["text"]
     assert env.vision_tokens == [54, 54]
 
@@ -176,6 +176,7 @@ def _gen(processor):
     return {"do_sample": True, "suppress_tokens": vision_token_ids(processor.tokenizer)}
 
 
+@pytest.mark.integration
 def test_two_turns_with_a_zoom_call(tiny):
     model, processor = tiny
     call = {"name": "zoom", "arguments": {"x1": 20, "y1": 10, "x2": 120, "y2": 90}}
@@ -194,6 +195,7 @@ def test_two_turns_with_a_zoom_call(tiny):
     assert parsed.zoom == (20.0, 10.0, 120.0, 90.0) and parsed.zoom_error is None
 
 
+@pytest.mark.integration
 def test_tag_form_zoom_is_accepted(tiny):
     model, processor = tiny
     with scripted_first_turn(model, processor.tokenizer, ["<zoom>[0, 0, 126, 84]</zoom><|im_end|>"]):
@@ -202,6 +204,7 @@ def test_tag_form_zoom_is_accepted(tiny):
     assert res.completion[0]["role"] == "assistant" and res.completion[1]["role"] == "tool"
 
 
+@pytest.mark.integration
 def test_malformed_zoom_gets_the_whole_view_and_the_parser_error(tiny):
     model, processor = tiny
     with scripted_first_turn(model, processor.tokenizer, ["<zoom>[1, 2, 3]</zoom><|im_end|>"]):
@@ -211,6 +214,7 @@ def test_malformed_zoom_gets_the_whole_view_and_the_parser_error(tiny):
     assert res.completion[1]["content"][1]["text"].startswith("zoom error: zoom: [1, 2, 3]")
 
 
+@pytest.mark.integration
 def test_no_zoom_call_ends_after_turn_one(tiny):
     model, processor = tiny
     res = run_two_turns(model, processor, _row(), BUDGET, max_new_tokens=8, generate_kwargs=_gen(processor))
@@ -218,6 +222,7 @@ def test_no_zoom_call_ends_after_turn_one(tiny):
     assert res.vision_tokens == [54] and len(res.completion) == 1
 
 
+@pytest.mark.integration
 def test_unreadable_tool_call_text_runs_no_tool_as_in_training(tiny):
     model, processor = tiny
     with scripted_first_turn(model, processor.tokenizer, ['<tool_call>\n{"name": "zoom", "argu<|im_end|>']):

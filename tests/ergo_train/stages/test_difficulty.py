@@ -16,6 +16,8 @@ from ergo_data.stages.decode import DecodeStage
 from tests.support.paths import EXAMPLES
 from tests.support.scripted import scripted_first_turn
 
+pytestmark = pytest.mark.integration  # the stage runs the tiny policy
+
 SMALL = '<tool_call>\n{"name": "zoom", "arguments": {"x1": 10, "y1": 20, "x2": 60, "y2": 70}}\n</tool_call><|im_end|>'
 LARGE = '<tool_call>\n{"name": "zoom", "arguments": {"x1": 0, "y1": 0, "x2": 400, "y2": 400}}\n</tool_call><|im_end|>'
 COLUMNS = ("pass_at_k", "acc_rate", "reward_mean", "reward_std", "zero_variance", "zoom_rate", "difficulty_k")

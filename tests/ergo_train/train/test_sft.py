@@ -106,12 +106,14 @@ def test_ergo_sft_then_ergo_train_from_its_output(demo_set, tmp_path):
     assert (grpo_out / "config.json").exists()
 
 
+@pytest.mark.integration
 def test_dry_run_shows_the_first_episode(demo_set):
     res = CliRunner().invoke(app, ["sft", str(SFT), "--set", f"data.path={demo_set}", "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "episodes" in res.output and "<tool_call>" in res.output
 
 
+@pytest.mark.integration
 def test_bad_sft_recipes_are_clear_errors(tmp_path):
     res = CliRunner().invoke(app, ["sft", str(SFT), "--set", f"data.path={tmp_path}"])
     assert res.exit_code == 2 and "no Parquet files" in res.output
@@ -119,6 +121,7 @@ def test_bad_sft_recipes_are_clear_errors(tmp_path):
     assert res.exit_code == 2 and "no_such_field" in res.output
 
 
+@pytest.mark.integration
 def test_lora_sft_merges_into_a_full_checkpoint(demo_set, tmp_path):
     recipe = load_sft_recipe(SFT, [f"data.path={demo_set}", f"output_dir={tmp_path}", "sft.max_steps=1",
                                    "lora.r=4", "lora.alpha=8"])

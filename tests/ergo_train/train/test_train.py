@@ -79,6 +79,7 @@ def trained(demo_set, tmp_path_factory):
     return recipe, parts, result, calls, before
 
 
+@pytest.mark.integration
 def test_two_real_grpo_steps_update_the_weights(trained):
     _, parts, result, _, before = trained
     assert result.global_step == 2
@@ -88,6 +89,7 @@ def test_two_real_grpo_steps_update_the_weights(trained):
     assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
 
 
+@pytest.mark.integration
 def test_rewards_got_the_dataset_columns_and_the_environments(trained):
     _, _, _, calls, _ = trained
     assert set(calls) == {"r_format", "r_acc", "r_region", "r_box"}
@@ -102,6 +104,7 @@ def test_rewards_got_the_dataset_columns_and_the_environments(trained):
             assert all(isinstance(im, dict) and (im["bytes"] or im["path"]) for im in kw["image"])
 
 
+@pytest.mark.integration
 def test_each_rollout_did_two_turns_with_a_crop_of_the_expected_size(trained):
     recipe, _, _, calls, _ = trained
     mp = recipe.max_pixels
@@ -130,6 +133,7 @@ def test_each_rollout_did_two_turns_with_a_crop_of_the_expected_size(trained):
         assert sorted(kw["values"]) == [0.0, 0.0, 1.0, 1.0]  # each group has a small and a large zoom
 
 
+@pytest.mark.integration
 def test_step_metrics_are_logged(trained):
     _, _, result, _, _ = trained
     steps = [h for h in result.log_history if "loss" in h]
@@ -144,6 +148,7 @@ def test_step_metrics_are_logged(trained):
         assert h["rewards/r_box/mean"] == 0.5
 
 
+@pytest.mark.integration
 def test_format_and_accuracy_carry_signal_end_to_end(trained):
     """With a real answer turn, r_format and r_acc are no longer constant zeros."""
     _, _, _, calls, _ = trained
@@ -198,6 +203,7 @@ def test_a_malformed_call_in_a_batch_without_other_calls_still_trains(kind, demo
     assert calls["r_box"][0]["values"][i] == 0.0
 
 
+@pytest.mark.integration
 def test_saved_policy_loads_back_for_evaluation(trained):
     recipe, _, result, _, _ = trained
     model, processor = load_model(str(result.output_dir), max_pixels=recipe.max_pixels)
@@ -205,6 +211,7 @@ def test_saved_policy_loads_back_for_evaluation(trained):
     assert processor.image_processor.size["longest_edge"] == recipe.max_pixels
 
 
+@pytest.mark.integration
 def test_step_two_resumed_from_the_step_one_checkpoint(trained):
     _, parts, result, _, _ = trained
     assert sorted(p.name for p in result.output_dir.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
@@ -212,6 +219,7 @@ def test_step_two_resumed_from_the_step_one_checkpoint(trained):
     assert len(parts.metrics.history) == 1  # the resumed run scored one generation: step 1 was not redone
 
 
+@pytest.mark.integration
 def test_lora_trains_only_adapters_on_the_language_model(demo_set, tmp_path):
     recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "model=tiny", "lora.r=4",
                                         "lora.alpha=8"])
