@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from ergo_train.cli.options import ModelOption, OutOption, SetOption, recipe_overrides
+
 SHOWN = ("loss", "mean_token_accuracy", "grad_norm", "learning_rate")
 
 
@@ -23,11 +25,9 @@ def register(app: typer.Typer) -> None:
 
 def sft_command(
     recipe: Annotated[Path, typer.Argument(help="SFT recipe YAML, e.g. pipelines/sft_tiny.yaml")],
-    model: Annotated[str | None, typer.Option("--model", help="'tiny', a local checkpoint dir or a hub name "
-                                              "(overrides the recipe's model)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a recipe key, e.g. sft.max_steps=50 "
-                                                   "or data.path=out/demo")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="output directory (overrides output_dir)")] = None,
+    model: ModelOption = None,
+    set_: SetOption = None,
+    out: OutOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate, render the first episode, print the plan")] = False,
 ) -> None:
     """Train on two-turn zoom episodes built from a curated set (TRL SFTTrainer); saves a checkpoint that
@@ -39,11 +39,7 @@ def sft_command(
     from ergo_train.train.sft import build_sft_trainer, load_sft_recipe, run_sft, sft_config_kwargs
 
     console = Console()
-    overrides = list(set_ or [])
-    if model:
-        overrides.append(f"model={model}")
-    if out:
-        overrides.append(f"output_dir={out}")
+    overrides = recipe_overrides(set_, model, out)
     with cli_errors(usage=(ValueError,)):  # a bad recipe or curated set; a model that cannot load exits 1
         rec = load_sft_recipe(recipe, overrides)
         parts = build_sft_trainer(rec)

@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from ergo_train.cli.options import ModelOption, OutOption, SetOption, recipe_overrides
+
 SHOWN_METRICS = ("reward", "reward_std", "frac_reward_zero_std", "ergo/zero_variance_groups", "ergo/zoom_rate",
                  "ergo/zoom_ok_rate", "ergo/zoom_area_frac", "ergo/vision_tokens_turn1", "ergo/vision_tokens_turn2",
                  "tools/call_frequency", "loss", "step_time")
@@ -26,11 +28,9 @@ def register(app: typer.Typer) -> None:
 
 def train_command(
     recipe: Annotated[Path, typer.Argument(help="training recipe YAML, e.g. pipelines/train_tiny.yaml")],
-    model: Annotated[str | None, typer.Option("--model", help="'tiny', a local checkpoint dir or a hub name "
-                                              "(overrides the recipe's model)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a recipe key, e.g. grpo.max_steps=10 "
-                                                   "or data.path=out/demo")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="output directory (overrides output_dir)")] = None,
+    model: ModelOption = None,
+    set_: SetOption = None,
+    out: OutOption = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="validate the recipe and print the plan only")] = False,
 ) -> None:
     """Train with TRL's GRPOTrainer and the two-turn zoom rollout; saves the model and processor into the output."""
@@ -44,11 +44,7 @@ def train_command(
     from ergo_train.train.recipe import PRESETS, grpo_config_kwargs, load_train_recipe
 
     console = Console()
-    overrides = list(set_ or [])
-    if model:
-        overrides.append(f"model={model}")
-    if out:
-        overrides.append(f"output_dir={out}")
+    overrides = recipe_overrides(set_, model, out)
     with cli_errors():
         rec = load_train_recipe(recipe, overrides)
         config = grpo_config_kwargs(rec)

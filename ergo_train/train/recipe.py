@@ -59,33 +59,44 @@ def torch_dtype(name: str, bf16: bool):
     return getattr(torch, name)
 
 
-class TrainRecipe(Params):
+class ModelRecipe(Params):
+    """What every recipe that trains a model shares: its name, the model, the curated set and the budget."""
+
     name: str
     description: str = ""
     model: str = "tiny"  # "tiny", a local checkpoint directory, or a hub name
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     data: DataSpec
     budget_tokens: int = Field(1280, gt=0)  # max_pixels = budget_tokens * 28 * 28 for both turns
-    rewards: dict[str, float | dict[str, Any]] = Field(default_factory=lambda: dict(ERGO_REWARD_WEIGHTS))
-    preset: Literal["grpo", "gspo"] = "gspo"
     lora: LoraSpec | None = None
-    output_dir: str = "out/train"
-    resume_from_checkpoint: str | bool | None = None  # a checkpoint dir, or true for the latest in output_dir
     seed: int = 0
-    grpo: dict[str, Any] = Field(default_factory=dict)  # any trl.GRPOConfig field; wins over the preset
 
     @property
     def max_pixels(self) -> int:
         return budget_pixels(self.budget_tokens)
 
 
-def parse_train_recipe(data: Any, overrides: Sequence[str] = (), origin: str = "<recipe>") -> TrainRecipe:
+class TrainRecipe(ModelRecipe):
+    rewards: dict[str, float | dict[str, Any]] = Field(default_factory=lambda: dict(ERGO_REWARD_WEIGHTS))
+    preset: Literal["grpo", "gspo"] = "gspo"
+    output_dir: str = "out/train"
+    resume_from_checkpoint: str | bool | None = None  # a checkpoint dir, or true for the latest in output_dir
+    grpo: dict[str, Any] = Field(default_factory=dict)  # any trl.GRPOConfig field; wins over the preset
+
+
+def parse_recipe(model: type[ModelRecipe], data: Any, overrides: Sequence[str], origin: str, kind: str,
+                 keys: str) -> ModelRecipe:
+    """Validate a recipe mapping after applying ``--set`` overrides; errors name ``origin`` and ``kind``."""
     if not isinstance(data, dict):
-        raise RecipeError(f"{origin}: a training recipe is a mapping with name, model, data, rewards, grpo")
+        raise RecipeError(f"{origin}: the {kind} must be a mapping with {keys}")
     data = dict(data)
     for o in overrides:
         apply_override(data, o)
-    return build_params(TrainRecipe, TrainRecipe, data, "training recipe")
+    return build_params(model, model, data, kind)
+
+
+def parse_train_recipe(data: Any, overrides: Sequence[str] = (), origin: str = "<recipe>") -> TrainRecipe:
+    return parse_recipe(TrainRecipe, data, overrides, origin, "training recipe", "name, model, data, rewards, grpo")
 
 
 def load_train_recipe(path: str | Path, overrides: Sequence[str] = ()) -> TrainRecipe:

@@ -23,52 +23,35 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from ergo_data.core.errors import RecipeError
-from ergo_data.core.vision import PATCH, budget_pixels, resized_size
-from ergo_data.pipeline.contract import Params, build_params
-from ergo_data.pipeline.recipe import apply_override, read_yaml_file
+from ergo_data.core.vision import PATCH, resized_size
+from ergo_data.pipeline.recipe import read_yaml_file
 from ergo_train.models.processor import save_processor
 from ergo_train.rollout.episode import DEFAULT_REASONING, Episode, EpisodeRenderer
 from ergo_train.rollout.zoom import MIN_REGION_PATCHES, region_of
 from ergo_train.train.data import load_split
-from ergo_train.train.recipe import DataSpec, LoraSpec, torch_dtype
+from ergo_train.train.recipe import ModelRecipe, parse_recipe, torch_dtype
 
 
-class SftRecipe(Params):
-    name: str
-    description: str = ""
-    model: str = "tiny"  # "tiny", a local checkpoint directory, or a hub name
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    data: DataSpec
-    budget_tokens: int = Field(1280, gt=0)  # the rollout's budget: max_pixels = budget_tokens * 28 * 28
+class SftRecipe(ModelRecipe):
     margin: float = Field(0.25, ge=0)  # widen the ground-truth region by this fraction of its size on each side
     min_region: float = Field(MIN_REGION_PATCHES, ge=0)  # and to at least this many patches per side
     snap_to_patches: bool = True  # widen the box outward to the 28-px patch grid of the coarse view
     reasoning: str = DEFAULT_REASONING  # turn 1's reasoning line
     cache_episodes: int = Field(256, ge=0)  # rendered episodes kept in memory (small sets: every one, once)
-    lora: LoraSpec | None = None  # LoRA adapters; merged into the saved model so `ergo train` loads it as is
+    # lora: LoRA adapters, merged into the saved model so `ergo train` loads it as is
     output_dir: str = "out/sft"
-    seed: int = 0
     sft: dict[str, Any] = Field(default_factory=dict)  # any trl.SFTConfig field
-
-    @property
-    def max_pixels(self) -> int:
-        return budget_pixels(self.budget_tokens)
 
 
 def load_sft_recipe(path: str | Path, overrides: Sequence[str] = ()) -> SftRecipe:
     """Read an SFT recipe; ``overrides`` are ``--set`` assignments (``sft.max_steps=20``, ``model=...``)."""
-    data = read_yaml_file(path, "SFT recipe")
-    if not isinstance(data, dict):
-        raise RecipeError(f"{path}: an SFT recipe is a mapping with name, model, data, sft")
-    data = dict(data)
-    for o in overrides:
-        apply_override(data, o)
-    return build_params(SftRecipe, SftRecipe, data, "SFT recipe")
+    return parse_recipe(SftRecipe, read_yaml_file(path, "SFT recipe"), overrides, str(path), "SFT recipe",
+                        "name, model, data, sft")
 
 
 def sft_zoom(row: Mapping[str, Any], max_pixels: int, margin: float, min_region: float = MIN_REGION_PATCHES,
