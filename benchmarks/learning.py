@@ -40,8 +40,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 COMPONENTS = ("r_format", "r_acc", "r_region", "r_box")
-FULL = {"per_background": 10, "sft_steps": 300, "grpo_steps": 40, "max_side": 1600}
-QUICK = {"per_background": 2, "sft_steps": 60, "grpo_steps": 4, "max_side": 960}
+FULL = {"per_background": 10, "sft_steps": 300, "grpo_steps": 100, "batch": 8, "max_side": 1600}
+QUICK = {"per_background": 4, "sft_steps": 150, "grpo_steps": 4, "batch": 8, "max_side": 960}
 
 
 def prepare_backgrounds(out: Path, max_side: int) -> Path:
@@ -149,7 +149,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--budget-tokens", type=int, default=16, help="vision tokens per image (both turns)")
     parser.add_argument("--sft-steps", type=int)
     parser.add_argument("--grpo-steps", type=int)
-    parser.add_argument("--lr", type=float, default=1e-3, help="GRPO learning rate")
+    parser.add_argument("--lr", type=float, default=2e-4, help="GRPO learning rate")
+    parser.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
+    parser.add_argument("--reuse-sft", action="store_true", help="start GRPO from an SFT checkpoint already in --out")
     args = parser.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
     size.update({k: v for k, v in (("sft_steps", args.sft_steps), ("grpo_steps", args.grpo_steps)) if v})
@@ -176,8 +178,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "max_steps": size["sft_steps"], "per_device_train_batch_size": 4, "learning_rate": 3e-3,
                         "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "logging_steps": 25, "save_strategy": "no",
                         "use_cpu": True, "bf16": False, "dataloader_num_workers": 0, "disable_tqdm": True})
-    sft_result = run_sft(sft)
-    sft_losses = [(h["step"], h["loss"]) for h in sft_result.log_history if "loss" in h]
+    if args.reuse_sft and (out / "sft" / "config.json").exists():
+        sft_losses = json.loads((out / "learning.json").read_text())["sft_loss"] if (out / "learning.json").exists() else []
+    else:
+        sft_result = run_sft(sft)
+        sft_losses = [(h["step"], h["loss"]) for h in sft_result.log_history if "loss" in h]
     print("SFT loss by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in sft_losses))
     after_sft = valid_zoom_rate(str(out / "sft"), held_out, max_pixels, 100)
     print(f"valid zoom on held-out after SFT: {after_sft:.2f}")
@@ -188,8 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rewards={"r_format": 1.0, "r_acc": 1.0,
                  "r_region": {"weight": 1.0, "judge": {"type": "stored", "labels": str(labels), "min_cover": 0.9}},
                  "r_box": {"weight": 0.5, "gamma": 0.6}},
-        grpo={"max_steps": size["grpo_steps"], "per_device_train_batch_size": 8, "num_generations": 4,
-              "steps_per_generation": 2, "learning_rate": args.lr, "temperature": 1.0,
+        grpo={"max_steps": size["grpo_steps"], "per_device_train_batch_size": size["batch"], "num_generations": 4,
+              "steps_per_generation": 2, "learning_rate": args.lr, "temperature": args.temperature,
               "max_completion_length": 400, "generation_kwargs": {"max_new_tokens": 100},
               "logging_steps": 1, "save_strategy": "no", "use_cpu": True, "bf16": False,
               "dataloader_num_workers": 0, "disable_tqdm": True, "activation_checkpointing": False})
