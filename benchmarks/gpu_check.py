@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +111,7 @@ def run_phases(out: Path, demo: Path, base: str, budget: int, steps: tuple[int, 
     import pyarrow.parquet as pq
 
     from ergo_data.core.schema import LABELS_SCHEMA
+    from ergo_data.core.vision import budget_pixels
     from ergo_data.pipeline.outputs import read_parts
     from ergo_train.eval.evaluate import EvalSettings, run_eval
     from ergo_train.rewards.judges import labels_from_boxes
@@ -152,8 +154,8 @@ def run_phases(out: Path, demo: Path, base: str, budget: int, steps: tuple[int, 
 
     with Phase("eval", cuda, report) as entry:
         # on CPU, direct_full at a few megapixels is minutes per item: the dry run caps it and the item count
-        settings = EvalSettings(max_pixels=budget * 28 * 28, max_new_tokens=128,
-                                **({} if cuda else {"full_max_pixels": 4 * budget * 28 * 28}))
+        settings = EvalSettings(max_pixels=budget_pixels(budget), max_new_tokens=128,
+                                **({} if cuda else {"full_max_pixels": 4 * budget_pixels(budget)}))
         modes = ["direct", "coarse_to_fine", "oracle_crop", "direct_full"]
         files = run_eval("vstar", ROOT / "examples" / "vstar", str(out / "grpo"), modes, out / "eval",
                          settings=settings, limit=None if cuda else 2, device="cuda" if cuda else "cpu", dtype=dtype)
@@ -162,8 +164,8 @@ def run_phases(out: Path, demo: Path, base: str, budget: int, steps: tuple[int, 
             mine = [r for r in records if r.get("mode") == mode]
             tokens = [r.get("generated_tokens") or 0 for r in mine]
             seconds = [r.get("wall_s") or 0.0 for r in mine]
-            statuses = {s: sum(r.get("status") == s for r in mine) for s in sorted({r.get("status") for r in mine})}
-            entry[mode] = {"items": len(mine), "statuses": statuses, "correct": sum(bool(r.get("correct")) for r in mine),
+            entry[mode] = {"items": len(mine), "statuses": dict(Counter(r.get("status") for r in mine)),
+                           "correct": sum(bool(r.get("correct")) for r in mine),
                            "tokens_per_s": sum(tokens) / max(sum(seconds), 1e-9)}
     return {}
 

@@ -151,7 +151,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--grpo-steps", type=int)
     parser.add_argument("--lr", type=float, default=2e-4, help="GRPO learning rate")
     parser.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
-    parser.add_argument("--reuse-sft", action="store_true", help="start GRPO from an SFT checkpoint already in --out")
     args = parser.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
     size.update({k: v for k, v in (("sft_steps", args.sft_steps), ("grpo_steps", args.grpo_steps)) if v})
@@ -178,11 +177,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "max_steps": size["sft_steps"], "per_device_train_batch_size": 4, "learning_rate": 3e-3,
                         "lr_scheduler_type": "cosine", "warmup_steps": 0.05, "logging_steps": 25, "save_strategy": "no",
                         "use_cpu": True, "bf16": False, "dataloader_num_workers": 0, "disable_tqdm": True})
-    if args.reuse_sft and (out / "sft" / "config.json").exists():
-        sft_losses = json.loads((out / "learning.json").read_text())["sft_loss"] if (out / "learning.json").exists() else []
-    else:
-        sft_result = run_sft(sft)
-        sft_losses = [(h["step"], h["loss"]) for h in sft_result.log_history if "loss" in h]
+    sft_result = run_sft(sft)
+    sft_losses = [(h["step"], h["loss"]) for h in sft_result.log_history if "loss" in h]
     print("SFT loss by step: " + ", ".join(f"{s}: {v:.3f}" for s, v in sft_losses))
     after_sft = valid_zoom_rate(str(out / "sft"), held_out, max_pixels, 100)
     print(f"valid zoom on held-out after SFT: {after_sft:.2f}")

@@ -38,12 +38,14 @@ from ergo_train.train.recipe import ModelRecipe, parse_recipe, torch_dtype
 
 
 class SftRecipe(ModelRecipe):
+    """An SFT recipe: ModelRecipe's keys (its ``lora`` adapters are merged into the saved model, so that
+    ``ergo train`` loads it as is) plus how the episodes are built and any ``trl.SFTConfig`` field."""
+
     margin: float = Field(0.25, ge=0)  # widen the ground-truth region by this fraction of its size on each side
     min_region: float = Field(MIN_REGION_PATCHES, ge=0)  # and to at least this many patches per side
     snap_to_patches: bool = True  # widen the box outward to the 28-px patch grid of the coarse view
     reasoning: str = DEFAULT_REASONING  # turn 1's reasoning line
     cache_episodes: int = Field(256, ge=0)  # rendered episodes kept in memory (small sets: every one, once)
-    # lora: LoRA adapters, merged into the saved model so `ergo train` loads it as is
     output_dir: str = "out/sft"
     sft: dict[str, Any] = Field(default_factory=dict)  # any trl.SFTConfig field
 
