@@ -16,7 +16,14 @@ import pytest
 from typer.testing import CliRunner
 
 from ergo_data.pipeline.executor import ray as ray_executor
-from ergo_data.pipeline.executor.ray import META, bounded_blocks, join_meta, plan_groups, run_group, split_meta
+from ergo_data.pipeline.executor.ray import (
+    META,
+    bounded_blocks,
+    join_meta,
+    plan_groups,
+    run_group,
+    split_meta,
+)
 from ergo_data.pipeline.executor.segments import plan_segments
 from ergo_data.pipeline.recipe import build_stages, load_recipe
 from ergo_data.stages.decode import DecodeStage
