@@ -51,7 +51,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def read_parts(folder: Path, pattern: str) -> pa.Table:
     """Concatenate the Parquet files matching ``pattern`` in name order, unifying their schemas."""
     files = sorted(folder.glob(pattern))
-    tables = [pq.read_table(f) for f in files if ".rejects." not in f.name]
+    # ParquetFile.read: under half the retained memory of pq.read_table per small chunk file (benchmarks/scale.py)
+    tables = [pq.ParquetFile(f).read() for f in files if ".rejects." not in f.name]
     tables = [t for t in tables if t.num_columns]
     if not tables:
         return SAMPLE_SCHEMA.empty_table()

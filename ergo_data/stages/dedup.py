@@ -90,7 +90,7 @@ class DedupStage(GlobalStage):
         return StageResult(canonical_rows(table.filter(pa.array(keep))), rejected)
 
 
-def canonical_rows(table: pa.Table, slice_rows: int = 4096) -> pa.Table:
+def canonical_rows(table: pa.Table, slice_rows: int = 256) -> pa.Table:
     """``rows_to_table(table.to_pylist())`` a slice at a time: the same table, without every row as a dict.
 
     >>> t = pa.table({"id": ["s/a", "s/b"], "source": ["s", "s"], "score": [1, None]})
