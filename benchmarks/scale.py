@@ -115,25 +115,31 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
         result["run_s"] = time.perf_counter() - t0
     else:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # Ray starts its workers at nice 15; on a shared machine that alone made decode 2.5-4x slower than
-        # the local executor's nice-0 process. Same priority for both, unless the caller sets it.
-        os.environ.setdefault("RAY_worker_niceness", "0")
-        import ray
-
         from ergo_data.pipeline.executor.ray import run_pipeline_ray
 
-        t0 = time.perf_counter()
-        ray.init(num_cpus=args.workers, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        result["init_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        stats = run_pipeline_ray(recipe, out, quiet=True)
-        result["run_s"] = time.perf_counter() - t0
-        ray.shutdown()
+        # the executor starts a local Ray of `workers` CPUs at nice 0 (Ray's default nice 15 made decode
+        # 2.5-4x slower than the local executor's process on a shared machine); the start is timed apart
+        profile: dict[str, Any] = {}
+        stats = run_pipeline_ray(recipe, out, quiet=True, workers=args.workers, profile=profile)
+        result.update(init_s=profile["init_s"], run_s=profile["run_s"], blocks=profile.get("blocks", 0),
+                      driver_s=profile.get("driver_s", 0.0))
+    result["stage_s"] = sum(st["seconds"] for st in stats["stages"][1:])  # stage code, summed over workers
     result["images"] = stats["totals"]["inputs"]
     result["kept"] = stats["totals"]["kept"]
     result["invariant_ok"] = stats["invariant"]["ok"]
-    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # driver process only
+    result["peak_rss_mib"] = peak_rss_mib()  # driver process only
     return result
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS: VmHWM (reset by exec; ``ru_maxrss`` keeps the forking parent's high mark)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure(executor: str, workers: int, source: Path, chunk_rows: int, out: Path) -> dict[str, Any]:
@@ -164,11 +170,32 @@ def throughput(args: argparse.Namespace) -> list[dict[str, Any]]:
         print(f"{executor:>5} x{workers}: {best['images']} images in {best['run_s']:.1f} s = "
               f"{best['images_per_s']:.1f} images/s (best of {args.repeats}{extra})")
     by = {(r["executor"], r["workers"]): r["images_per_s"] for r in rows}
+    cell = {(r["executor"], r["workers"]): r for r in rows}
     for w in (1, 2):
         print(f"ratio ray/local at {w} worker(s): {by['ray', w] / by['local', w]:.2f}")
+        print("  " + gap_reason(cell["local", w], cell["ray", w]))
     for ex in ("local", "ray"):
         print(f"scaling {ex} 2 workers / 1 worker: {by[ex, 2] / by[ex, 1]:.2f}")
     return rows
+
+
+def gap_reason(local: dict[str, Any], ray: dict[str, Any]) -> str:
+    """Where Ray's extra time went, from the two runs' measured figures (same workers, same stage code).
+
+    >>> gap_reason({"workers": 2, "run_s": 10.0, "stage_s": 18.0},
+    ...            {"workers": 2, "run_s": 11.0, "stage_s": 18.4, "driver_s": 0.3, "blocks": 50})[:36]
+    'Ray +1.0 s over local (10.0 s) at 2 '
+    """
+    w = local["workers"]
+    gap = ray["run_s"] - local["run_s"]
+    stage = (ray["stage_s"] - local["stage_s"]) / w  # wall seconds, if spread over the workers
+    rest = gap - stage - ray["driver_s"]
+    per_block = 1000 * rest / max(ray["blocks"], 1)
+    return (f"Ray +{gap:.1f} s over local ({local['run_s']:.1f} s) at {w} worker(s): the same stage code took "
+            f"{stage:+.1f} s of wall time in Ray's tasks ({ray['stage_s']:.1f} vs {local['stage_s']:.1f} CPU-s); "
+            f"the driver spent {ray['driver_s']:.1f} s collecting {ray['blocks']} blocks (meta rows, writes); "
+            f"the remaining {rest:+.1f} s ({per_block:+.0f} ms per block) is Ray's per-task cost: scheduling, "
+            "moving blocks through the object store, the streaming executor's polling")
 
 
 def memory(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -211,3 +238,31 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def scale_figures(images: int = 400, repeats: int = 1, rss_sizes: tuple[int, ...] = (1000, 10000),
+                  width: int = 2000, height: int = 1500, rss_width: int = 400, rss_height: int = 300,
+                  chunk_rows: int = 16) -> dict[str, Any]:
+    """Throughput (local and Ray at 1 and 2 workers, Ray start apart) at ``width`` x ``height``, and peak RSS at
+    ``rss_sizes`` with ``rss_width`` x ``rss_height`` images plus a control: peak RSS at ``images`` images of
+    both sizes (the local x1 throughput run is the large one). Prints as it goes; returns the figures::
+
+        scale_figures(images=16, rss_sizes=(16, 32), width=320, height=240, rss_width=160, rss_height=120)
+    """
+    args = argparse.Namespace(images=images, repeats=repeats, width=width, height=height, chunk_rows=chunk_rows,
+                              rss_sizes=list(rss_sizes))
+    print(f"machine: {os.cpu_count()} CPUs; throughput images {width}x{height}; chunk_rows {chunk_rows}")
+    rows = throughput(args)
+    cell = {(r["executor"], r["workers"]): r for r in rows}
+    ratios = {w: cell["ray", w]["images_per_s"] / cell["local", w]["images_per_s"] for w in (1, 2)}
+    reasons = {w: gap_reason(cell["local", w], cell["ray", w]) for w in (1, 2)}
+    print(f"peak RSS with {rss_width}x{rss_height} images:")
+    mem = memory(argparse.Namespace(**{**vars(args), "width": rss_width, "height": rss_height}))
+    small = measure("local", 1, manifest(images, rss_width, rss_height), chunk_rows, CACHE / "out-memory")
+    control = {"images": images, "large_mib": cell["local", 1]["peak_rss_mib"], "small_mib": small["peak_rss_mib"]}
+    print(f"control, {images} images: peak RSS {control['large_mib']:.0f} MiB at {width}x{height}, "
+          f"{control['small_mib']:.0f} MiB at {rss_width}x{rss_height}")
+    return {"throughput": rows, "ray_over_local": ratios, "gap_reasons": reasons,
+            "ray_init_s": [cell["ray", w]["init_s"] for w in (1, 2)],
+            "rss": [(r["images"], r["peak_rss_mib"]) for r in mem], "control": control,
+            "rss_size": f"{rss_width}x{rss_height}", "size": f"{width}x{height}"}

@@ -43,7 +43,8 @@ def run(
     out: Path = typer.Option(..., "--out", "-o", help="output directory"),
     set_: list[str] = typer.Option([], "--set", help="override a recipe key, e.g. stages.2.max_side_px=40"),
     workers: int | None = typer.Option(None, "--workers", "-w", min=1,
-                                       help="local worker processes (default 1; local executor only)"),
+                                       help="worker processes (local, default 1), or the CPUs of the local Ray "
+                                       "that --executor ray starts (default: all)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate the recipe and print the plan only"),
     fresh: bool = typer.Option(False, "--fresh", help="ignore finished work from an earlier run (local executor: "
                                "a Ray run always starts from the sources)"),
@@ -78,7 +79,7 @@ def run(
         if executor == "ray":
             from ergo_data.pipeline.executor.ray import run_pipeline_ray
 
-            stats = run_pipeline_ray(rec, out, address=address, quiet=quiet)
+            stats = run_pipeline_ray(rec, out, address=address, quiet=quiet, workers=workers)
         else:
             from ergo_data.pipeline.executor.local import run_pipeline
 
@@ -94,9 +95,9 @@ def _check_executor_options(executor: str, workers: int | None, address: str | N
     """Refuse options the chosen executor would ignore (usage errors, before any work)."""
     if executor not in ("local", "ray"):
         fail(f"unknown executor {executor!r}; valid: local, ray", USAGE_EXIT)
-    if executor == "ray" and workers is not None:
-        fail("--workers sets local processes and does nothing with --executor ray: Ray spreads the work over "
-             "the cluster's CPUs (set `ray.actors` in the recipe for stateful stages); drop --workers", USAGE_EXIT)
+    if executor == "ray" and workers is not None and address is not None:
+        fail("--workers sets the CPUs of the local Ray that --executor ray starts; with --address the cluster "
+             "brings its own CPUs (set `ray.actors` in the recipe for stateful stages): drop --workers", USAGE_EXIT)
     if executor == "local" and address is not None:
         fail("--address names a Ray cluster: use it with --executor ray", USAGE_EXIT)
 

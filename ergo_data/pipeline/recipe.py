@@ -28,6 +28,7 @@ class OutputSpec(Params):
 
 class RaySpec(Params):
     actors: int = Field(2, ge=1)  # most actors per stateful stage (judge, OCR) with `--executor ray`
+    max_block_rows: int | None = Field(None, gt=0)  # rows per Ray block (one task each); default output.chunk_rows
 
 
 class Recipe(Params):

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ergo_data.core.errors import RecipeError
 from ergo_data.core.files import IMAGE_EXTENSIONS
-from ergo_data.core.schema import rows_to_table
+from ergo_data.core.schema import SAMPLE_SCHEMA, rows_to_table
 from ergo_data.core.vision import BUDGETS
 from ergo_data.pipeline.contract import GlobalStage, Params, StageResult
 from ergo_data.pipeline.registry import stage_registry
@@ -58,32 +59,48 @@ class DedupStage(GlobalStage):
         if table.num_rows == 0:
             return StageResult(table)
         _need_phash(table, self.name)
-        rows = sorted(table.to_pylist(), key=lambda r: r["id"])
-        first_by_sha: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            first_by_sha.setdefault(r["image_sha256"], r)
-        images = list(first_by_sha.values())
-        hashes = phash_ints([r["image_phash"] for r in images])
-        owner: dict[str, str] = {}  # sha -> id of the kept image it duplicates (or itself)
+        # Only id, sha256 and pHash become Python objects; the rows stay Arrow (memory flat in the set size).
+        table = table.take(pc.sort_indices(table.column("id")))  # by id (UTF-8 byte order = code point order)
+        ids = table.column("id").to_pylist()
+        shas = table.column("image_sha256").to_pylist()
+        first_by_sha: dict[str, int] = {}
+        for i, sha in enumerate(shas):
+            first_by_sha.setdefault(sha, i)
+        images = list(first_by_sha.values())  # row index of the first sample of each distinct image
+        hashes = phash_ints(table.column("image_phash").take(images).to_pylist())
+        owner: dict[str, str] = {}  # sha -> id of the kept image it duplicates, and the distance
         kept_idx: list[int] = []
-        for i, r in enumerate(images):
+        for i, row in enumerate(images):
             if kept_idx:
                 d = hamming(hashes[i], hashes[kept_idx])
                 j = int(np.argmin(d))
                 if d[j] <= self.params.max_distance:
-                    owner[r["image_sha256"]] = f"{images[kept_idx[j]]['id']}\t{int(d[j])}"
+                    owner[shas[row]] = f"{ids[images[kept_idx[j]]]}\t{int(d[j])}"
                     continue
             kept_idx.append(i)
-        kept, rejected = [], []
-        for r in rows:
-            dup = owner.get(r["image_sha256"])
-            if dup is None:
-                kept.append(r)
-            else:
-                other, dist = dup.split("\t")
-                rejected.append(self.reject(r, "near_duplicate", f"near-duplicate of {other} (pHash distance "
-                                            f"{dist} <= {self.params.max_distance})"))
-        return StageResult(rows_to_table(kept) if kept else table.schema.empty_table(), rejected)
+        keep = [sha not in owner for sha in shas]
+        sources = table.column("source").to_pylist()
+        rejected = []
+        for i in (i for i, k in enumerate(keep) if not k):
+            other, dist = owner[shas[i]].split("\t")
+            rejected.append(self.reject({"id": ids[i], "source": sources[i]}, "near_duplicate",
+                                        f"near-duplicate of {other} (pHash distance {dist} <= {self.params.max_distance})"))
+        if not any(keep):
+            return StageResult(table.schema.empty_table(), rejected)
+        return StageResult(canonical_rows(table.filter(pa.array(keep))), rejected)
+
+
+def canonical_rows(table: pa.Table, slice_rows: int = 256) -> pa.Table:
+    """``rows_to_table(table.to_pylist())`` a slice at a time: the same table, without every row as a dict.
+
+    >>> t = pa.table({"id": ["s/a", "s/b"], "source": ["s", "s"], "score": [1, None]})
+    >>> canonical_rows(t, slice_rows=1).equals(rows_to_table(t.to_pylist()))
+    True
+    """
+    # the types rows_to_table would infer over all rows, one column at a time
+    extra = {c: pa.array(table.column(c).to_pylist()).type for c in table.column_names if c not in SAMPLE_SCHEMA.names}
+    parts = [rows_to_table(b.to_pylist(), extra) for b in table.to_batches(max_chunksize=slice_rows)]
+    return pa.concat_tables(parts) if parts else rows_to_table([])
 
 
 class DecontaminateParams(Params):

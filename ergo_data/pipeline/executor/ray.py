@@ -23,9 +23,11 @@ segment). Later stages pass meta rows through untouched; the driver splits them 
 >>> live.column_names, live.num_rows, [json.loads(m)["kind"] for m in meta.column(META).to_pylist()]
 (['id', 'source'], 1, ['reject'])
 
-A run (starts a local Ray; ``tests/ergo_data/pipeline/test_ray_executor.py`` runs it)::
+A run (starts a local Ray of 2 CPUs; ``tests/ergo_data/pipeline/test_ray_executor.py`` runs it)::
 
-    run_pipeline_ray(load_recipe("pipelines/demo.yaml"), "/tmp/ray-demo", quiet=True)
+    profile = {}
+    run_pipeline_ray(load_recipe("pipelines/demo.yaml"), "/tmp/ray-demo", quiet=True, workers=2, profile=profile)
+    profile["blocks"], profile["driver_s"]  # blocks collected, driver seconds spent on them (meta, writes)
 """
 
 from __future__ import annotations
@@ -131,11 +133,21 @@ def plan_groups(seg: shared.Segment, stages: list[Stage]) -> list[Group]:
     return groups
 
 
-def segment_dataset(tables: list[pa.Table], groups: list[Group], max_actors: int):
-    """The Ray dataset of one per-batch segment: one block per chunk, one ``map_batches`` per group."""
+def bounded_blocks(tables: list[pa.Table], max_rows: int) -> list[pa.Table]:
+    """Cut the chunks into blocks of at most ``max_rows`` rows (zero-copy slices), in order.
+
+    >>> [t.num_rows for t in bounded_blocks([pa.table({"a": list(range(5))}), pa.table({"a": [1]})], 2)]
+    [2, 2, 1, 1]
+    """
+    return [t.slice(i, max_rows) for t in tables for i in range(0, t.num_rows, max_rows)]
+
+
+def segment_dataset(tables: list[pa.Table], groups: list[Group], max_actors: int, max_block_rows: int):
+    """The Ray dataset of one per-batch segment: blocks of at most ``max_block_rows`` rows (so every worker
+    gets work and no task bundles several blocks), one ``map_batches`` per group, one batch per block."""
     import ray.data
 
-    ds = ray.data.from_arrow(tables)
+    ds = ray.data.from_arrow(bounded_blocks(tables, max_block_rows))
     for g in groups:
         common = {"batch_size": None, "batch_format": "pyarrow", "zero_copy_batch": True}
         if g.stateful:
@@ -154,16 +166,20 @@ def _read_tables(folder: Path) -> list[pa.Table]:
     return [pq.read_table(f) for f in sorted(folder.glob("part-*.parquet")) if ".rejects." not in f.name]
 
 
-def _run_map_ray(seg: shared.Segment, stages: list[Stage], prev: Path, seg_dir: Path, recipe: Recipe, prog
-                 ) -> tuple[int, list[dict[str, Any]]]:
-    """Run a per-batch segment on Ray; write kept/rejects chunks in the local layout. ``(chunks, stats)``."""
+def _run_map_ray(seg: shared.Segment, stages: list[Stage], prev: Path, seg_dir: Path, recipe: Recipe, prog,
+                 profile: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+    """Run a per-batch segment on Ray; write kept/rejects chunks in the local layout. ``(chunks, stats)``.
+
+    ``profile`` gains ``blocks`` and ``driver_s`` (the driver's own seconds per block: meta rows, writes)."""
     tables = [t for t in _read_tables(prev) if t.num_rows]
-    task = prog.task(f"stage {seg.label} (ray)", total=len(tables))
+    max_rows = recipe.ray.max_block_rows or recipe.output.chunk_rows
+    task = prog.task(f"stage {seg.label} (ray)", total=sum(-(-t.num_rows // max_rows) for t in tables))
     chunk_stats: list[tuple[int, list[dict[str, Any]]]] = []
     n_kept = 0
     if tables:
-        ds = segment_dataset(tables, plan_groups(seg, stages), recipe.ray.actors)
+        ds = segment_dataset(tables, plan_groups(seg, stages), recipe.ray.actors, max_rows)
         for i, block in enumerate(_iter_blocks(ds)):
+            t0 = time.perf_counter()
             live, meta = split_meta(block)
             records = [json.loads(m) for m in meta.column(META).to_pylist()]
             rejects = [m["row"] for m in records if m["kind"] == "reject"]
@@ -175,6 +191,8 @@ def _run_map_ray(seg: shared.Segment, stages: list[Stage], prev: Path, seg_dir: 
                 write_parquet_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA),
                                      seg_dir / f"part-{i:05d}.rejects.parquet")
             prog.advance(task, 1)
+            profile["blocks"] = profile.get("blocks", 0) + 1
+            profile["driver_s"] = profile.get("driver_s", 0.0) + time.perf_counter() - t0
     return n_kept, shared.merge_stage_stats(seg.specs, chunk_stats)
 
 
@@ -182,32 +200,44 @@ def _iter_blocks(ds) -> Iterator[pa.Table]:
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = None, quiet: bool = False
-                     ) -> dict[str, Any]:
+def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = None, quiet: bool = False,
+                     workers: int | None = None, timeline: str | Path | None = None,
+                     profile: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``recipe`` on Ray into ``out_dir``; returns the same stats as the local ``run_pipeline``.
 
     ``address``: ``None`` starts a local Ray (or joins ``RAY_ADDRESS``, or the one already initialised in
     this process); ``"auto"`` joins the cluster this node belongs to; ``"ray://host:10001"`` a remote one.
+    ``workers``: the CPUs of the local Ray this call starts (default: all of the machine's); on a Ray that is
+    already up it caps the CPUs this run's dataset uses. ``timeline``: write Ray's task timeline there
+    (Chrome trace JSON, ``ray.timeline``). ``profile``: a dict that gains ``init_s`` (the Ray start),
+    ``run_s`` (the rest), ``blocks`` and ``driver_s`` (the driver's own time on the blocks: meta rows, writes).
     Not resumable: a Ray run starts from the sources every time.
     """
     from ergo_data.pipeline.progress import Progress
 
+    profile = {} if profile is None else profile
     out = Path(out_dir)
     work = out / RAY_WORK
     stages = build_stages(recipe)  # validates every stage's params before any work starts
     segments = shared.plan_segments(recipe, stages)
     t_start = time.perf_counter()
-    owns_ray = connect(address, quiet)  # before touching `out`: an unreachable cluster leaves it as it was
-    restore = _configure_data_context(quiet)
+    owns_ray = connect(address, quiet, workers)  # before touching `out`: an unreachable cluster leaves it as it was
+    profile["init_s"] = time.perf_counter() - t_start
+    t_run = time.perf_counter()
+    restore = _configure_data_context(quiet, None if owns_ray else workers)
     try:
         for sub in (RAY_WORK, shared.WORK, "data", "rejects"):  # the outputs will come from this run only
             shutil.rmtree(out / sub, ignore_errors=True)
         work.mkdir(parents=True)
         with Progress(quiet=quiet) as prog:
             def run_map(seg: shared.Segment, seg_stages: list[Stage], prev: Path, seg_dir: Path, _n: int):
-                return _run_map_ray(seg, seg_stages, prev, seg_dir, recipe, prog)
+                return _run_map_ray(seg, seg_stages, prev, seg_dir, recipe, prog, profile)
 
             stats = shared.run_segments(recipe, stages, segments, out, work, prog, run_map)
+        if timeline is not None:
+            import ray
+
+            ray.timeline(filename=str(timeline))
     finally:
         restore()
         if owns_ray:
@@ -216,11 +246,17 @@ def run_pipeline_ray(recipe: Recipe, out_dir: str | Path, address: str | None = 
             ray.shutdown()
     shared.finish_run(out, stats, t_start, recipe)
     shutil.rmtree(work, ignore_errors=True)
+    profile["run_s"] = time.perf_counter() - t_run
     return stats
 
 
-def connect(address: str | None, quiet: bool = False) -> bool:
-    """Join or start Ray; True if this call started it (then the caller shuts it down)."""
+def connect(address: str | None, quiet: bool = False, workers: int | None = None) -> bool:
+    """Join or start Ray; True if this call started it (then the caller shuts it down).
+
+    A local Ray started here gets ``num_cpus=workers`` (all CPUs if None) and runs its workers at normal
+    priority (``RAY_worker_niceness=0`` unless set: Ray's default, nice 15, made ``decode`` 2.5-4x slower
+    than the local executor on a busy machine, docs/scale.md).
+    """
     try:
         import ray
     except ImportError:
@@ -228,8 +264,14 @@ def connect(address: str | None, quiet: bool = False) -> bool:
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"logging_level": "WARNING" if quiet else "INFO", "log_to_driver": not quiet}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    if local:
         kwargs["include_dashboard"] = False  # a throwaway local cluster: no dashboard to serve
+        kwargs["num_cpus"] = workers
+        os.environ.setdefault("RAY_worker_niceness", "0")  # read by the raylet this call starts
+    elif workers is not None:
+        raise RecipeError("--workers sets the CPUs of the local Ray `ergo` starts: a cluster "
+                          f"({address or os.environ.get('RAY_ADDRESS')}) brings its own; drop --workers")
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -238,20 +280,24 @@ def connect(address: str | None, quiet: bool = False) -> bool:
     return True
 
 
-def _configure_data_context(quiet: bool):
-    """Blocks come back in input order (reproducible shards); Ray's own bars off (ours are on)."""
+def _configure_data_context(quiet: bool, max_cpus: int | None = None):
+    """Blocks come back in input order (reproducible shards); Ray's own bars off (ours are on); at most
+    ``max_cpus`` CPUs for this run on a Ray that was already up."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     logger = logging.getLogger("ray.data")
-    before = (ctx.execution_options.preserve_order, ctx.enable_progress_bars, logger.level)
-    ctx.execution_options.preserve_order = True
+    opts = ctx.execution_options
+    before = (opts.preserve_order, ctx.enable_progress_bars, logger.level, opts.resource_limits)
+    opts.preserve_order = True
     ctx.enable_progress_bars = False
+    if max_cpus is not None:
+        opts.resource_limits = opts.resource_limits.copy(cpu=max_cpus)
     if quiet:
         logger.setLevel(logging.ERROR)
 
     def restore() -> None:
-        ctx.execution_options.preserve_order, ctx.enable_progress_bars, level = before
+        opts.preserve_order, ctx.enable_progress_bars, level, opts.resource_limits = before
         logger.setLevel(level)
 
     return restore

@@ -75,9 +75,18 @@ def read_sources(recipe: Recipe, work: Path, progress: Callable[[str, int], None
     out_dir.mkdir(parents=True)
     t0 = time.perf_counter()
     counts: dict[str, dict[str, int]] = {}
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []  # the chunk being filled: peak memory does not grow with the set
     rejects: list[dict[str, str]] = []
     seen: set[str] = set()
+    size = recipe.output.chunk_rows
+    n_chunks = n_rows = 0
+
+    def flush() -> None:
+        nonlocal n_chunks, rows
+        write_parquet_atomic(rows_to_table(rows), out_dir / f"part-{n_chunks:05d}.parquet")
+        n_chunks += 1
+        rows = []
+
     for src in build_sources(recipe):
         c = counts.setdefault(src.name, {"emitted": 0, "rejected": 0})
         for item in src.read():
@@ -92,13 +101,14 @@ def read_sources(recipe: Recipe, work: Path, progress: Callable[[str, int], None
             else:
                 seen.add(item["id"])
                 rows.append(item)
+                n_rows += 1
+                if len(rows) == size:
+                    flush()
             progress("read sources", 1)
-    size = recipe.output.chunk_rows
-    n_chunks = 0
-    for n_chunks, start in enumerate(range(0, len(rows), size), 1):
-        write_parquet_atomic(rows_to_table(rows[start:start + size]), out_dir / f"part-{n_chunks - 1:05d}.parquet")
+    if rows:
+        flush()
     write_parquet_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), out_dir / "rejects.parquet")
-    info = {"sources": counts, "chunks": n_chunks, "rows": len(rows), "seconds": time.perf_counter() - t0}
+    info = {"sources": counts, "chunks": n_chunks, "rows": n_rows, "seconds": time.perf_counter() - t0}
     atomic_write_json(marker, info)
     return info
 

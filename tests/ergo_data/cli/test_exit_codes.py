@@ -52,7 +52,7 @@ def one_image_set(tmp_path, monkeypatch):
 # ---- ergo run ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("args, words", [
     (["--executor", "spark"], ["unknown executor 'spark'"]),
-    (["--executor", "ray", "--workers", "2"], ["--workers", "--executor ray"]),
+    (["--executor", "ray", "--workers", "2", "--address", "auto"], ["--workers", "--address"]),
     (["--address", "auto"], ["--address", "--executor ray"]),
     (["--set", "stages.99.x=1"], ["not an index"]),
 ])

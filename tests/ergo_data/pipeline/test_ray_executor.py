@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from ergo_data.pipeline.executor.ray import META, join_meta, plan_groups, run_group, split_meta
+from ergo_data.pipeline.executor import ray as ray_executor
+from ergo_data.pipeline.executor.ray import (
+    META,
+    bounded_blocks,
+    join_meta,
+    plan_groups,
+    run_group,
+    split_meta,
+)
 from ergo_data.pipeline.executor.segments import plan_segments
 from ergo_data.pipeline.recipe import build_stages, load_recipe
 from ergo_data.stages.decode import DecodeStage
@@ -48,6 +57,42 @@ def test_stateful_stages_get_their_own_actor_group(monkeypatch):
     groups = plan_groups(seg, stages[: len(seg.specs)])
     assert [(g.first, [s["type"] for s in g.specs], g.stateful, g.num_gpus) for g in groups] == [
         (0, ["decode"], True, 1.0), (1, ["box_check", "visibility", "sql"], False, 0.0)]
+
+
+def test_blocks_are_bounded_in_rows_and_keep_the_order():
+    chunks = [pa.table({"id": [f"s/{i}" for i in range(7)]}), pa.table({"id": ["s/x"]})]
+    blocks = bounded_blocks(chunks, 3)
+    assert [b.num_rows for b in blocks] == [3, 3, 1, 1]
+    assert pa.concat_tables(blocks).column("id").to_pylist() == pa.concat_tables(chunks).column("id").to_pylist()
+
+
+class _FakeRay:
+    def __init__(self):
+        self.kwargs = None
+
+    def is_initialized(self):
+        return False
+
+    def init(self, address=None, **kwargs):
+        self.kwargs = {"address": address, **kwargs}
+
+
+def test_workers_start_a_local_ray_of_that_many_cpus_at_normal_priority(monkeypatch):
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
+    assert ray_executor.connect(None, quiet=True, workers=2) is True
+    assert fake.kwargs["num_cpus"] == 2 and fake.kwargs["address"] is None
+    assert os.environ["RAY_worker_niceness"] == "0"
+
+
+def test_workers_with_a_cluster_address_is_refused(monkeypatch):
+    from ergo_data.core.errors import RecipeError
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay())
+    with pytest.raises(RecipeError, match="--workers"):
+        ray_executor.connect("auto", quiet=True, workers=2)
 
 
 # ---- on a local Ray cluster ----------------------------------------------------------------------
@@ -97,6 +142,33 @@ def test_demo_on_ray_via_cli_matches_local(demo_run, tmp_path):
     assert result.exit_code == 0, result.output
     assert_same_outputs(local_out, tmp_path)
     assert not (tmp_path / ".work-ray").exists()
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.usefixtures("local_ray")
+def test_workers_and_small_blocks_on_ray_match_local(demo_run, tmp_path):
+    from ergo_data.cli.app import app
+
+    # Ray is already up (the fixture): --workers caps this run's CPUs; blocks of 3 rows split every chunk.
+    result = CliRunner().invoke(app, ["run", "pipelines/demo.yaml", "--out", str(tmp_path), "--executor", "ray",
+                                      "--workers", "1", "--set", "ray.max_block_rows=3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert_same_outputs(demo_run[0], tmp_path)
+
+
+@pytest.mark.integration
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.usefixtures("local_ray")
+def test_profile_and_timeline_are_filled(demo_run, tmp_path):
+    from ergo_data.pipeline.executor.ray import run_pipeline_ray
+
+    profile: dict = {}
+    run_pipeline_ray(load_recipe("pipelines/demo.yaml"), tmp_path / "o", quiet=True, profile=profile,
+                     timeline=tmp_path / "timeline.json")
+    assert profile["blocks"] >= 1 and profile["driver_s"] >= 0 and profile["run_s"] > 0 and "init_s" in profile
+    events = json.loads((tmp_path / "timeline.json").read_text())
+    assert any(e.get("ph") == "X" for e in events)
 
 
 @pytest.mark.integration

@@ -120,3 +120,54 @@ def test_stratify_caps_buckets():
     assert len(res.rejected) == 6 and all(r["reason"] == "stratify_cap" for r in res.rejected)
     res2 = StratifyStage(by=["source"], area_bins=None, max_per_bucket=4, seed=0).process(table(rows[::-1]))
     assert sorted(res2.kept.column("id").to_pylist()) == sorted(res.kept.column("id").to_pylist())
+
+
+def _dedup_by_rows(table: pa.Table, max_distance: int = 4):
+    """The row-dict implementation dedup had before it kept the rows in Arrow (the reference)."""
+    import numpy as np
+
+    from ergo_data.core.schema import rows_to_table
+    from ergo_data.stages.dedup import hamming, phash_ints
+
+    rows = sorted(table.to_pylist(), key=lambda r: r["id"])
+    first_by_sha: dict = {}
+    for r in rows:
+        first_by_sha.setdefault(r["image_sha256"], r)
+    images = list(first_by_sha.values())
+    hashes = phash_ints([r["image_phash"] for r in images])
+    owner, kept_idx = {}, []
+    for i, r in enumerate(images):
+        if kept_idx:
+            d = hamming(hashes[i], hashes[kept_idx])
+            j = int(np.argmin(d))
+            if d[j] <= max_distance:
+                owner[r["image_sha256"]] = (images[kept_idx[j]]["id"], int(d[j]))
+                continue
+        kept_idx.append(i)
+    kept = [r for r in rows if r["image_sha256"] not in owner]
+    rejected = []
+    for r in rows:
+        if r["image_sha256"] in owner:
+            other, dist = owner[r["image_sha256"]]
+            rejected.append((r["id"], f"near-duplicate of {other} (pHash distance {dist} <= {max_distance})"))
+    return rows_to_table(kept), rejected
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dedup_in_arrow_equals_the_row_dict_reference(seed):
+    import random
+
+    rng = random.Random(seed)
+    base = [rng.getrandbits(64) for _ in range(6)]
+    rows = []
+    for i in rng.sample(range(1000), 60):  # ids out of order; shared images; hashes a few bits apart
+        img = rng.randrange(40)
+        h = base[img % 6] ^ (1 << rng.randrange(64) if rng.random() < 0.5 else 0) ^ (img // 6 << 20)
+        rows.append({"id": f"s/{i:04d}", "source": "s", "image_sha256": f"sha{img}", "image_phash": f"{h:016x}",
+                     "score": rng.choice([None, 1.5, 2.0])})
+    table = pa.Table.from_pylist(rows)
+    got = DedupStage().process(table)
+    want_kept, want_rejected = _dedup_by_rows(table)
+    assert got.kept.equals(want_kept) and got.kept.schema == want_kept.schema
+    assert [(r["id"], r["detail"]) for r in got.rejected] == want_rejected
+    assert want_rejected  # the case covers duplicates
