@@ -161,11 +161,16 @@ def r_box(prompts=None, completions=None, completion_ids=None, *, gamma: float =
 
 
 def _box_scores(parsed: Sequence[ParsedCompletion], sizes: Sequence[Size], gamma: float, max_pixels: int,
-                min_region: float = MIN_REGION_PATCHES, complete_only: bool = True) -> list[float]:
+                min_region: float = MIN_REGION_PATCHES, complete_only: bool = True,
+                zooms: Sequence[Any] | None = None) -> list[float]:
+    """``r_box`` per item; ``zooms``: each item's ``_zoom_on_image`` when the caller has it already."""
     floor = min_region * PATCH
     out = []
-    for p, (w, h) in zip(parsed, sizes):
-        z = _zoom_on_image(p, (w, h), max_pixels) if p.complete or not complete_only else None
+    for i, (p, (w, h)) in enumerate(zip(parsed, sizes)):
+        if complete_only and not p.complete:
+            out.append(0.0)
+            continue
+        z = zooms[i] if zooms is not None else _zoom_on_image(p, (w, h), max_pixels)
         if z is None:
             out.append(0.0)
             continue
@@ -266,7 +271,7 @@ def reward_components(completions: Sequence[Any], columns: Mapping[str, Any], *,
     options, answers = _column(columns, "options", n), _column(columns, "answer", n)
     letters = _column(columns, "answer_letter", n)
     acc = [1.0 if answer_matches(p.answer, o, a, le) else 0.0 for p, o, a, le in zip(parsed, options, answers, letters)]
-    box = _box_scores(parsed, sizes, gamma, max_pixels, min_region, complete_only)
+    box = _box_scores(parsed, sizes, gamma, max_pixels, min_region, complete_only, zooms)
     out: dict[str, list[float | None]] = {"r_format": fmt, "r_acc": acc, "r_box": box}
     if judge is None:
         out["r_region"] = out["r_tce"] = out["total"] = [None] * n

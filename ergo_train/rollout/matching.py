@@ -60,7 +60,7 @@ def infer_choice(pred: str | None, options: Sequence[str]) -> str | None:
     """
     if not pred or not options:
         return None
-    opts = tuple(str(o) for o in options)
+    opts = tuple(map(str, options))
     return _infer(unicodedata.normalize("NFKC", pred).strip(), opts)
 
 
@@ -112,7 +112,7 @@ def answer_matches(pred: str | None, options: Sequence[str] | None, answer: str,
         return False
     if not options:
         return normalize_answer(pred) == normalize_answer(answer)
-    letter = answer_letter or _letter_of(tuple(str(o) for o in options), answer)
+    letter = answer_letter or _letter_of(tuple(map(str, options)), answer)
     return letter is not None and infer_choice(pred, options) == letter
 
 

@@ -46,7 +46,6 @@ _NUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # ASCII dig
 _TAG_BODY = re.compile(rf"\s*\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]\s*")
 _TAG_ZOOM = re.compile(r"<zoom>(.*?)</zoom>", re.DOTALL)
 _HERMES = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
 class ParsedCompletion:
@@ -109,8 +108,11 @@ def zoom_on_original(zoom: Coords, seen_size: Size, original_size: Size) -> Coor
         return None  # overflow when scaling: Box.from_model rejects it too
     if not (x1 < x2 and y1 < y2):
         return None
-    x1, y1 = min(max(x1, 0.0), w), min(max(y1, 0.0), h)
-    x2, y2 = min(max(x2, 0.0), w), min(max(y2, 0.0), h)
+    # clamp with comparisons: min()/max() calls were a third of this function's time in the reward benchmark
+    x1 = 0.0 if x1 < 0.0 else (w if x1 > w else x1)  # noqa: FURB136
+    y1 = 0.0 if y1 < 0.0 else (h if y1 > h else y1)  # noqa: FURB136
+    x2 = 0.0 if x2 < 0.0 else (w if x2 > w else x2)  # noqa: FURB136
+    y2 = 0.0 if y2 < 0.0 else (h if y2 > h else y2)  # noqa: FURB136
     if not (x1 < x2 and y1 < y2):
         return None
     return (x1, y1, x2, y2)
@@ -265,10 +267,10 @@ def parse_answer(text: str) -> tuple[str | None, str | None]:
         return None, "no <answer>"
     if opens != 1 or text.count("</answer>") != 1:
         return None, f"{max(opens, text.count('</answer>'))} <answer> tags"
-    m = _ANSWER.search(text)
-    if m is None:
+    start, end = text.find("<answer>") + 8, text.find("</answer>")
+    if end < start:
         return None, "</answer> before <answer>"
-    inner = m.group(1).strip()
+    inner = text[start:end].strip()
     if not inner:
         return None, "empty <answer>"
     if "<" in inner and re.search(r"</?[A-Za-z_]+>", inner):
@@ -290,11 +292,16 @@ def parse_completion(completion: Any) -> ParsedCompletion:
         roles = [m.get("role") for m in completion]
     except (AttributeError, TypeError):
         return _malformed("not a message list")
-    if not roles:
-        return _malformed("empty completion")
-    assistants = [i for i, r in enumerate(roles) if r == "assistant"]
-    if not assistants:
-        return _malformed("no assistant message")
+    if roles == _EPISODE:  # the usual two-turn episode: its structure needs no further checks
+        assistants, structure_error, tool_ran = _EPISODE_ASSISTANTS, None, True
+    else:
+        if not roles:
+            return _malformed("empty completion")
+        assistants = [i for i, r in enumerate(roles) if r == "assistant"]
+        if not assistants:
+            return _malformed("no assistant message")
+        structure_error = _structure_error(roles, assistants)
+        tool_ran = "tool" in roles[assistants[0] + 1:]
     first = completion[assistants[0]]
     text1 = first.get("content")
     if type(text1) is not str:
@@ -313,22 +320,32 @@ def parse_completion(completion: Any) -> ParsedCompletion:
     if format_error is None and "answer>" in text1:
         format_error = "<answer> in turn 1"
     if format_error is None:
-        n, second = len(roles), assistants[-1]
-        if assistants[0] != 0:
-            format_error = "completion does not start with the assistant's turn 1"
-        elif len(assistants) != 2:
-            format_error = "no answer turn after the zoom" if len(assistants) == 1 else \
-                f"{len(assistants)} assistant turns (expected 2)"
-        elif second == 1 or any(r not in ("tool", "user") for r in roles[1:second]):
-            format_error = "turn 2 does not follow the zoom's result"
-        elif second != n - 1:
-            format_error = "messages after the answer turn"
+        if structure_error is not None:
+            format_error = structure_error
         elif last.get("tool_calls") or (("zoom>" in text2 or "tool_call>" in text2) and zoom_actions(text2)):
             format_error = "zoom in turn 2"
         elif answer_error is not None:
             format_error = answer_error
-    tool_ran = "tool" in roles[assistants[0] + 1:]
     return ParsedCompletion(zoom, zoom_error, answer, answer_error, format_error, form, tool_ran)
+
+
+_EPISODE = ["assistant", "tool", "assistant"]
+_EPISODE_ASSISTANTS = (0, 2)
+
+
+def _structure_error(roles: list[Any], assistants: list[int]) -> str | None:
+    """Why the message roles are not turn 1, the tool's result, turn 2; None when they are."""
+    second = assistants[-1]
+    if assistants[0] != 0:
+        return "completion does not start with the assistant's turn 1"
+    if len(assistants) != 2:
+        return "no answer turn after the zoom" if len(assistants) == 1 else \
+            f"{len(assistants)} assistant turns (expected 2)"
+    if second == 1 or any(r not in ("tool", "user") for r in roles[1:second]):
+        return "turn 2 does not follow the zoom's result"
+    if second != len(roles) - 1:
+        return "messages after the answer turn"
+    return None
 
 
 def _malformed(why: str) -> ParsedCompletion:
