@@ -156,9 +156,18 @@ class RowStage(Stage):
 
 
 class GlobalStage(Stage):
-    """A barrier over all rows: subclasses implement ``process`` on the full (sorted by id) table."""
+    """A barrier over all rows: subclasses implement ``process`` on the full table.
+
+    A stage that decides from a few columns sets ``key_columns`` and implements ``select`` (those columns of
+    every row -> the ids to keep and the rejects). The local executor then reads only the key columns of all
+    rows and streams the chunks through the kept ids, so its memory does not grow with the other columns.
+    """
 
     is_global = True
+    key_columns: ClassVar[tuple[str, ...]] = ()
+
+    def select(self, keys: pa.Table) -> tuple[pa.Array, list[dict[str, str]]]:  # pragma: no cover - optional
+        raise NotImplementedError
 
 
 # ---- sources ------------------------------------------------------------------------------------

@@ -55,19 +55,21 @@ class DedupStage(GlobalStage):
 
     Params = DedupParams
 
-    def process(self, table: pa.Table) -> StageResult:
-        if table.num_rows == 0:
-            return StageResult(table)
-        _need_phash(table, self.name)
-        # Only id, sha256 and pHash become Python objects; the rows stay Arrow (memory flat in the set size).
-        table = table.take(pc.sort_indices(table.column("id")))  # by id (UTF-8 byte order = code point order)
-        ids = table.column("id").to_pylist()
-        shas = table.column("image_sha256").to_pylist()
+    key_columns = ("id", "source", "image_sha256", "image_phash")
+
+    def select(self, keys: pa.Table) -> tuple[pa.Array, list[dict[str, str]]]:
+        """The ids to keep and the rejects, from the key columns of every row (any order)."""
+        _need_phash(keys, self.name)
+        if keys.num_rows == 0:
+            return pa.array([], pa.string()), []
+        keys = keys.take(pc.sort_indices(keys.column("id")))  # by id (UTF-8 byte order = code point order)
+        ids = keys.column("id").to_pylist()
+        shas = keys.column("image_sha256").to_pylist()
         first_by_sha: dict[str, int] = {}
         for i, sha in enumerate(shas):
             first_by_sha.setdefault(sha, i)
         images = list(first_by_sha.values())  # row index of the first sample of each distinct image
-        hashes = phash_ints(table.column("image_phash").take(images).to_pylist())
+        hashes = phash_ints(keys.column("image_phash").take(images).to_pylist())
         owner: dict[str, str] = {}  # sha -> id of the kept image it duplicates, and the distance
         kept_idx: list[int] = []
         for i, row in enumerate(images):
@@ -78,17 +80,26 @@ class DedupStage(GlobalStage):
                     owner[shas[row]] = f"{ids[images[kept_idx[j]]]}\t{int(d[j])}"
                     continue
             kept_idx.append(i)
-        keep = [sha not in owner for sha in shas]
-        sources = table.column("source").to_pylist()
-        rejected = []
-        for i in (i for i, k in enumerate(keep) if not k):
-            other, dist = owner[shas[i]].split("\t")
+        sources = keys.column("source").to_pylist()
+        kept, rejected = [], []
+        for i, sha in enumerate(shas):
+            if sha not in owner:
+                kept.append(ids[i])
+                continue
+            other, dist = owner[sha].split("\t")
             rejected.append(self.reject({"id": ids[i], "source": sources[i]}, "near_duplicate",
                                         f"near-duplicate of {other} (pHash distance {dist} <= {self.params.max_distance})"))
-        if not any(keep):
-            return StageResult(table.schema.empty_table(), rejected)
-        return StageResult(canonical_rows(table.filter(pa.array(keep))), rejected)
+        return pa.array(kept, pa.string()), rejected
 
+    def process(self, table: pa.Table) -> StageResult:
+        if table.num_rows == 0:
+            return StageResult(table)
+        _need_phash(table, self.name)
+        keep_ids, rejected = self.select(table.select(list(self.key_columns)))
+        if not len(keep_ids):
+            return StageResult(table.schema.empty_table(), rejected)
+        table = table.take(pc.sort_indices(table.column("id")))  # one order whatever order the rows came in
+        return StageResult(canonical_rows(table.filter(pc.is_in(table.column("id"), value_set=keep_ids))), rejected)
 
 def canonical_rows(table: pa.Table, slice_rows: int = 256) -> pa.Table:
     """``rows_to_table(table.to_pylist())`` a slice at a time: the same table, without every row as a dict.

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ergo_data.core.schema import REJECT_SCHEMA, rows_to_table
 from ergo_data.pipeline.contract import Reject, Stage
@@ -209,25 +211,58 @@ def _run_global(seg: Segment, stage: Stage, prev: Path, seg_dir: Path, recipe: R
     if marker.exists():
         return json.loads(marker.read_text())
     task = prog.task(f"stage {seg.label} (global)", total=1)
-    table = read_parts(prev, "part-*.parquet")
-    t0 = time.perf_counter()
-    res = stage.process(table)
-    seconds = time.perf_counter() - t0
     for old in seg_dir.glob("part-*"):
         old.unlink()
+    files = [f for f in sorted(prev.glob("part-*.parquet")) if ".rejects." not in f.name]
+    files = [f for f in files if pq.read_schema(f).names]
     size = recipe.output.chunk_rows
-    n = 0
-    for n, start in enumerate(range(0, res.kept.num_rows, size), 1):
-        write_parquet_atomic(res.kept.slice(start, size), seg_dir / f"part-{n - 1:05d}.parquet")
-    write_parquet_atomic(pa.Table.from_pylist(res.rejected, schema=REJECT_SCHEMA), seg_dir / "rejects.parquet")
-    info = {"chunks": n, "stage": {"stage": stage.name, "in": table.num_rows, "out": res.kept.num_rows,
-                                   "seconds": seconds, "rejected": dict(sorted(Counter(r["reason"] for r in res.rejected).items()))}}
+    t0 = time.perf_counter()
+    keys = getattr(stage, "key_columns", ())
+    if keys and files and all(set(keys) <= set(pq.read_schema(f).names) for f in files):
+        n_in, n_out, n, rejected = _stream_through_kept(stage, files, seg_dir, size)
+    else:  # the whole table at once (or the stage's own error about a missing column)
+        table = read_parts(prev, "part-*.parquet")
+        res = stage.process(table)
+        n_in, n_out, rejected = table.num_rows, res.kept.num_rows, res.rejected
+        del table
+        n = 0
+        for n, start in enumerate(range(0, res.kept.num_rows, size), 1):
+            write_parquet_atomic(res.kept.slice(start, size), seg_dir / f"part-{n - 1:05d}.parquet")
+    seconds = time.perf_counter() - t0
+    write_parquet_atomic(pa.Table.from_pylist(rejected, schema=REJECT_SCHEMA), seg_dir / "rejects.parquet")
+    info = {"chunks": n, "stage": {"stage": stage.name, "in": n_in, "out": n_out,
+                                   "seconds": seconds, "rejected": dict(sorted(Counter(r["reason"] for r in rejected).items()))}}
     summary = getattr(stage, "summary", None)
     if callable(summary):
         info["stage"]["summary"] = summary()
     atomic_write_json(marker, info)
     prog.advance(task, 1)
     return info
+
+
+def _stream_through_kept(stage: Stage, files: list[Path], seg_dir: Path, size: int
+                         ) -> tuple[int, int, int, list[dict[str, str]]]:
+    """A keyed global stage (``key_columns`` + ``select``): only the key columns of all rows are read at once,
+    then each chunk streams through the kept ids into chunks of ``size`` rows. ``(rows in, rows out, chunks, rejects)``."""
+    columns = list(stage.key_columns)
+    keys = pa.concat_tables([pq.ParquetFile(f).read(columns=columns) for f in files], promote_options="permissive")
+    keep_ids, rejected = stage.select(keys)
+    n_in = keys.num_rows
+    del keys
+    pending: list[pa.Table] = []
+    n_pending = n = n_out = 0
+    for f in files:
+        part = pq.ParquetFile(f).read()
+        part = part.filter(pc.is_in(part.column("id"), value_set=keep_ids))
+        pending.append(part)
+        n_pending += part.num_rows
+        n_out += part.num_rows
+        while n_pending >= size or (f is files[-1] and n_pending):
+            whole = pa.concat_tables(pending, promote_options="permissive")
+            write_parquet_atomic(whole.slice(0, size), seg_dir / f"part-{n:05d}.parquet")
+            n += 1
+            pending, n_pending = [whole.slice(size)], max(0, n_pending - size)
+    return n_in, n_out, n, rejected
 
 
 def clean_work(out_dir: str | Path) -> None:

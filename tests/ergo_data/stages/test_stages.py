@@ -153,8 +153,7 @@ def _dedup_by_rows(table: pa.Table, max_distance: int = 4):
     return rows_to_table(kept), rejected
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_dedup_in_arrow_equals_the_row_dict_reference(seed):
+def _dedup_case(seed: int) -> pa.Table:
     import random
 
     rng = random.Random(seed)
@@ -165,9 +164,41 @@ def test_dedup_in_arrow_equals_the_row_dict_reference(seed):
         h = base[img % 6] ^ (1 << rng.randrange(64) if rng.random() < 0.5 else 0) ^ (img // 6 << 20)
         rows.append({"id": f"s/{i:04d}", "source": "s", "image_sha256": f"sha{img}", "image_phash": f"{h:016x}",
                      "score": rng.choice([None, 1.5, 2.0])})
-    table = pa.Table.from_pylist(rows)
+    return pa.Table.from_pylist(rows)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dedup_in_arrow_equals_the_row_dict_reference(seed):
+    table = _dedup_case(seed)
     got = DedupStage().process(table)
     want_kept, want_rejected = _dedup_by_rows(table)
     assert got.kept.equals(want_kept) and got.kept.schema == want_kept.schema
     assert [(r["id"], r["detail"]) for r in got.rejected] == want_rejected
     assert want_rejected  # the case covers duplicates
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_dedup_streamed_by_the_local_executor_equals_the_whole_table(seed, tmp_path):
+    """The local executor reads only dedup's key columns of all chunks, then streams each chunk through the
+    kept ids: the same kept rows (in input order) and rejects as ``process`` on the whole table."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from ergo_data.pipeline.executor.segments import _stream_through_kept
+    from ergo_data.pipeline.outputs import write_parquet_atomic
+
+    table = _dedup_case(seed)
+    files = []
+    for i, start in enumerate(range(0, table.num_rows, 7)):  # chunks of 7 rows, the last one short
+        files.append(tmp_path / "prev" / f"part-{i:05d}.parquet")
+        write_parquet_atomic(table.slice(start, 7), files[-1])
+    n_in, n_out, n_chunks, rejected = _stream_through_kept(DedupStage(), files, tmp_path, size=5)
+    whole = DedupStage().process(table)
+    chunks = [pq.read_table(tmp_path / f"part-{i:05d}.parquet") for i in range(n_chunks)]
+    assert [c.num_rows for c in chunks[:-1]] == [5] * (n_chunks - 1) and 0 < chunks[-1].num_rows <= 5
+    streamed = pa.concat_tables(chunks)
+    assert (n_in, n_out) == (table.num_rows, whole.kept.num_rows) and rejected == whole.rejected
+    input_order = [i for i in table.column("id").to_pylist() if i in set(whole.kept.column("id").to_pylist())]
+    assert streamed.column("id").to_pylist() == input_order
+    by_id = streamed.take(pc.sort_indices(streamed.column("id")))
+    assert by_id.to_pylist() == whole.kept.to_pylist()
