@@ -40,7 +40,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 COMPONENTS = ("r_format", "r_acc", "r_region", "r_box")
-FULL = {"per_background": 10, "sft_steps": 300, "grpo_steps": 100, "batch": 8, "max_side": 1600}
+FULL = {"per_background": 10, "sft_steps": 200, "grpo_steps": 100, "batch": 8, "max_side": 1600}
 QUICK = {"per_background": 4, "sft_steps": 150, "grpo_steps": 4, "batch": 8, "max_side": 960}
 
 
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sft-steps", type=int)
     parser.add_argument("--grpo-steps", type=int)
     parser.add_argument("--lr", type=float, default=2e-4, help="GRPO learning rate")
-    parser.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
+    parser.add_argument("--temperature", type=float, default=0.7, help="GRPO sampling temperature")
     args = parser.parse_args(argv)
     size = dict(QUICK if args.quick else FULL)
     size.update({k: v for k, v in (("sft_steps", args.sft_steps), ("grpo_steps", args.grpo_steps)) if v})
