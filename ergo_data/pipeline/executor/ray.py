@@ -3,7 +3,8 @@
 It mirrors :func:`ergo_data.pipeline.executor.local.run_pipeline` step by step and reuses its parts:
 
 1. sources are read on the driver (``read_sources``) into chunks of ``output.chunk_rows`` rows;
-2. the chunks become a Ray dataset (``ray.data.from_arrow``, one block per chunk) and every per-batch
+2. the chunks become a Ray dataset (``ray.data.from_arrow``, re-cut into blocks of ``ray.max_block_rows``
+   rows, by default about four per CPU: ``default_block_rows``) and every per-batch
    stage runs through ``map_batches`` calling ``process_table``, the local executor's own loop over
    ``Stage.process``; consecutive stateless stages share one task, a ``stateful`` stage (a judge, OCR)
    runs in an actor pool of 1..``ray.actors`` actors, each with the stage's ``num_gpus``;
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -134,12 +136,38 @@ def plan_groups(seg: shared.Segment, stages: list[Stage]) -> list[Group]:
 
 
 def bounded_blocks(tables: list[pa.Table], max_rows: int) -> list[pa.Table]:
-    """Cut the chunks into blocks of at most ``max_rows`` rows (zero-copy slices), in order.
+    """Re-cut the chunks into consecutive blocks of ``max_rows`` rows (the last one shorter), in order.
 
     >>> [t.num_rows for t in bounded_blocks([pa.table({"a": list(range(5))}), pa.table({"a": [1]})], 2)]
-    [2, 2, 1, 1]
+    [2, 2, 2]
     """
-    return [t.slice(i, max_rows) for t in tables for i in range(0, t.num_rows, max_rows)]
+    rows = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    return [rows.slice(i, max_rows) for i in range(0, rows.num_rows, max_rows)]
+
+
+def default_block_rows(n_rows: int, cpus: float, chunk_rows: int, most: int = 1024) -> int:
+    """Rows per Ray block when ``ray.max_block_rows`` is not set: about four blocks per CPU, at least
+    ``chunk_rows`` and at most ``most`` rows.
+
+    Each block is one task, and Ray's own cost per task was 65-140 ms on 2 CPUs: the 63 blocks of 16 rows of
+    1000 images ran at 0.72 of the local executor's throughput (docs/scale.md). Four per CPU still spread a
+    slow block's tail over the others.
+
+    >>> default_block_rows(1000, 2, 16), default_block_rows(40, 2, 16), default_block_rows(10**7, 64, 16)
+    (125, 16, 1024)
+    """
+    return max(chunk_rows, min(-(-n_rows // max(1, round(4 * cpus))), most))
+
+
+def _run_cpus() -> float:
+    """The CPUs this run's dataset may use: the cap set by ``--workers`` on a running Ray, else the cluster's."""
+    import ray
+    import ray.data
+
+    cap = ray.data.DataContext.get_current().execution_options.resource_limits.cpu
+    if cap is not None and math.isfinite(cap) and cap > 0:
+        return float(cap)
+    return float(ray.cluster_resources().get("CPU", 1.0))
 
 
 def segment_dataset(tables: list[pa.Table], groups: list[Group], max_actors: int, max_block_rows: int):
@@ -172,8 +200,9 @@ def _run_map_ray(seg: shared.Segment, stages: list[Stage], prev: Path, seg_dir: 
 
     ``profile`` gains ``blocks`` and ``driver_s`` (the driver's own seconds per block: meta rows, writes)."""
     tables = [t for t in _read_tables(prev) if t.num_rows]
-    max_rows = recipe.ray.max_block_rows or recipe.output.chunk_rows
-    task = prog.task(f"stage {seg.label} (ray)", total=sum(-(-t.num_rows // max_rows) for t in tables))
+    n_rows = sum(t.num_rows for t in tables)
+    max_rows = recipe.ray.max_block_rows or default_block_rows(n_rows, _run_cpus(), recipe.output.chunk_rows)
+    task = prog.task(f"stage {seg.label} (ray)", total=-(-n_rows // max_rows))
     chunk_stats: list[tuple[int, list[dict[str, Any]]]] = []
     n_kept = 0
     if tables:

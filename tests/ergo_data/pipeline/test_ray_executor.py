@@ -59,10 +59,11 @@ def test_stateful_stages_get_their_own_actor_group(monkeypatch):
         (0, ["decode"], True, 1.0), (1, ["box_check", "visibility", "sql"], False, 0.0)]
 
 
-def test_blocks_are_bounded_in_rows_and_keep_the_order():
+def test_blocks_are_recut_across_chunks_and_keep_the_order():
     chunks = [pa.table({"id": [f"s/{i}" for i in range(7)]}), pa.table({"id": ["s/x"]})]
     blocks = bounded_blocks(chunks, 3)
-    assert [b.num_rows for b in blocks] == [3, 3, 1, 1]
+    assert [b.num_rows for b in blocks] == [3, 3, 2]
+    assert [b.num_rows for b in bounded_blocks(chunks, 5)] == [5, 3]  # larger than a chunk: chunks merge
     assert pa.concat_tables(blocks).column("id").to_pylist() == pa.concat_tables(chunks).column("id").to_pylist()
 
 
