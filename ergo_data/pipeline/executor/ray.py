@@ -81,29 +81,38 @@ def join_meta(kept: pa.Table, meta: list[tuple[str, str]], carried: pa.Table | N
     return pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
 
 
-def run_group(block: pa.Table, stages: list[Stage], first: int) -> pa.Table:
-    """One ``map_batches`` call: run ``stages`` on the live rows of ``block``; append rejects and stats."""
+def run_group(block: pa.Table, stages: list[Stage], first: int, slice_rows: int | None = None) -> pa.Table:
+    """One ``map_batches`` call: run ``stages`` on the live rows of ``block``, ``slice_rows`` rows at a time
+    (the local executor's chunk size: a block of many chunks runs the stage code on the same batch sizes);
+    append rejects and stats."""
     live, carried = split_meta(block)
-    kept, rejects, stats = shared.process_table(stages, live)
-    meta = [(r["id"], json.dumps({"kind": "reject", "row": r})) for r in rejects]
-    meta.append(("", json.dumps({"kind": "stats", "first": first, "stages": stats})))
+    step = slice_rows or max(1, live.num_rows)
+    kept_parts: list[pa.Table] = []
+    meta: list[tuple[str, str]] = []
+    for start in range(0, max(1, live.num_rows), step):
+        kept, rejects, stats = shared.process_table(stages, live.slice(start, step))
+        kept_parts.append(kept)
+        meta += [(r["id"], json.dumps({"kind": "reject", "row": r})) for r in rejects]
+        meta.append(("", json.dumps({"kind": "stats", "first": first, "stages": stats})))
+    kept = kept_parts[0] if len(kept_parts) == 1 else pa.concat_tables(kept_parts, promote_options="permissive")
     return join_meta(kept, meta, carried)
 
 
-def run_specs(block: pa.Table, specs: list[dict[str, Any]], first: int) -> pa.Table:
+def run_specs(block: pa.Table, specs: list[dict[str, Any]], first: int, slice_rows: int | None = None) -> pa.Table:
     """Stateless group as a Ray task: stages built once per worker process (the local executor's cache)."""
-    return run_group(block, shared.stages_for(specs), first)
+    return run_group(block, shared.stages_for(specs), first, slice_rows)
 
 
 class StatefulStageActor:
     """A stateful stage as a Ray actor: built once (model loaded once), then called per block."""
 
-    def __init__(self, specs: list[dict[str, Any]], first: int) -> None:
+    def __init__(self, specs: list[dict[str, Any]], first: int, slice_rows: int | None = None) -> None:
         self.stages = [build_stage(s) for s in specs]
         self.first = first
+        self.slice_rows = slice_rows
 
     def __call__(self, block: pa.Table) -> pa.Table:
-        return run_group(block, self.stages, self.first)
+        return run_group(block, self.stages, self.first, self.slice_rows)
 
 
 # ---- planning -----------------------------------------------------------------------------------
@@ -170,7 +179,8 @@ def _run_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 1.0))
 
 
-def segment_dataset(tables: list[pa.Table], groups: list[Group], max_actors: int, max_block_rows: int):
+def segment_dataset(tables: list[pa.Table], groups: list[Group], max_actors: int, max_block_rows: int,
+                    slice_rows: int | None = None):
     """The Ray dataset of one per-batch segment: blocks of at most ``max_block_rows`` rows (so every worker
     gets work and no task bundles several blocks), one ``map_batches`` per group, one batch per block."""
     import ray.data
@@ -181,11 +191,11 @@ def segment_dataset(tables: list[pa.Table], groups: list[Group], max_actors: int
         if g.stateful:
             # min_size=1: on a small cluster a full pool of 1-CPU actors can starve the upstream tasks
             # (deadlock seen on 2 CPUs, see DEPENDENCY_FACTS); the pool grows to max_actors when CPUs free up.
-            ds = ds.map_batches(StatefulStageActor, fn_constructor_args=(g.specs, g.first),
+            ds = ds.map_batches(StatefulStageActor, fn_constructor_args=(g.specs, g.first, slice_rows),
                                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max_actors),
                                 num_gpus=g.num_gpus or None, **common)
         else:
-            ds = ds.map_batches(run_specs, fn_args=(g.specs, g.first), **common)
+            ds = ds.map_batches(run_specs, fn_args=(g.specs, g.first, slice_rows), **common)
     return ds
 
 
@@ -206,7 +216,7 @@ def _run_map_ray(seg: shared.Segment, stages: list[Stage], prev: Path, seg_dir: 
     chunk_stats: list[tuple[int, list[dict[str, Any]]]] = []
     n_kept = 0
     if tables:
-        ds = segment_dataset(tables, plan_groups(seg, stages), recipe.ray.actors, max_rows)
+        ds = segment_dataset(tables, plan_groups(seg, stages), recipe.ray.actors, max_rows, recipe.output.chunk_rows)
         for i, block in enumerate(_iter_blocks(ds)):
             t0 = time.perf_counter()
             live, meta = split_meta(block)

@@ -48,6 +48,17 @@ def test_run_group_passes_carried_rejects_through_and_appends_its_own():
                                                    "rejected": {"sql_filter": 1}}
 
 
+def test_run_group_in_slices_gives_the_rows_of_one_pass_with_stats_per_slice():
+    rows = pa.table({"id": [f"s/{i}" for i in range(7)], "source": ["s"] * 7,
+                     "box_area_frac": [0.1, 0.9, 0.2, 0.7, 0.3, 0.8, 0.4]})
+    stage = SqlStage(where="box_area_frac <= 0.6")
+    whole, sliced = run_group(rows, [stage], first=0), run_group(rows, [stage], first=0, slice_rows=3)
+    assert split_meta(sliced)[0].equals(split_meta(whole)[0])
+    records = [json.loads(m) for m in split_meta(sliced)[1].column(META).to_pylist()]
+    assert [r["row"]["id"] for r in records if r["kind"] == "reject"] == ["s/1", "s/3", "s/5"]
+    assert [r["stages"][0]["in"] for r in records if r["kind"] == "stats"] == [3, 3, 1]
+
+
 def test_stateful_stages_get_their_own_actor_group(monkeypatch):
     monkeypatch.setattr(DecodeStage, "stateful", True)
     monkeypatch.setattr(DecodeStage, "num_gpus", 1.0)
