@@ -59,6 +59,13 @@ def read_parts(folder: Path, pattern: str) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive")
 
 
+def chunk_schemas(folder: Path) -> dict[Path, pa.Schema]:
+    """The kept-row chunks of a stage folder (``part-*.parquet``, not ``*.rejects.parquet``) that have columns,
+    in name order, each with its schema (read from the footer only)."""
+    schemas = {f: pq.read_schema(f) for f in sorted(folder.glob("part-*.parquet")) if ".rejects." not in f.name}
+    return {f: schema for f, schema in schemas.items() if schema.names}
+
+
 def canonical_table(rows: list[dict[str, Any]], like: pa.Schema) -> pa.Table:
     """Rows -> table with core/derived columns cast to the canonical types, extras after them."""
     extra_types = {f.name: f.type for f in like if f.name not in SAMPLE_SCHEMA.names and not pa.types.is_null(f.type)}
@@ -94,10 +101,9 @@ def validated_kept(last_dir: Path, n_chunks: int, dest: Path, shard_rows: int
 
     Peak memory does not grow with the set: one chunk's rows as Python dicts, one shard as Arrow.
     """
-    files = [f for f in sorted(last_dir.glob("part-*.parquet")) if ".rejects." not in f.name] if n_chunks else []
-    files = [f for f in files if pq.read_schema(f).names]
-    like = (pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive") if files
-            else SAMPLE_SCHEMA)
+    schemas = chunk_schemas(last_dir) if n_chunks else {}
+    files = list(schemas)
+    like = pa.unify_schemas(list(schemas.values()), promote_options="permissive") if files else SAMPLE_SCHEMA
     schema = canonical_table([], like).schema
     bad: list[dict[str, str]] = []
     n = 0

@@ -26,7 +26,13 @@ import pyarrow.parquet as pq
 
 from ergo_data.core.schema import REJECT_SCHEMA, rows_to_table
 from ergo_data.pipeline.contract import Reject, Stage
-from ergo_data.pipeline.outputs import atomic_write_json, read_parts, write_final, write_parquet_atomic
+from ergo_data.pipeline.outputs import (
+    atomic_write_json,
+    chunk_schemas,
+    read_parts,
+    write_final,
+    write_parquet_atomic,
+)
 from ergo_data.pipeline.recipe import Recipe, build_sources, build_stage
 from ergo_data.pipeline.recipe_record import write_recipe_record
 
@@ -213,13 +219,12 @@ def _run_global(seg: Segment, stage: Stage, prev: Path, seg_dir: Path, recipe: R
     task = prog.task(f"stage {seg.label} (global)", total=1)
     for old in seg_dir.glob("part-*"):
         old.unlink()
-    files = [f for f in sorted(prev.glob("part-*.parquet")) if ".rejects." not in f.name]
-    files = [f for f in files if pq.read_schema(f).names]
+    schemas = chunk_schemas(prev)
     size = recipe.output.chunk_rows
     t0 = time.perf_counter()
-    keys = getattr(stage, "key_columns", ())
-    if keys and files and all(set(keys) <= set(pq.read_schema(f).names) for f in files):
-        n_in, n_out, n, rejected = _stream_through_kept(stage, files, seg_dir, size)
+    keys = set(getattr(stage, "key_columns", ()))
+    if keys and schemas and all(keys <= set(schema.names) for schema in schemas.values()):
+        n_in, n_out, n, rejected = _stream_through_kept(stage, list(schemas), seg_dir, size)
     else:  # the whole table at once (or the stage's own error about a missing column)
         table = read_parts(prev, "part-*.parquet")
         res = stage.process(table)
@@ -257,11 +262,14 @@ def _stream_through_kept(stage: Stage, files: list[Path], seg_dir: Path, size: i
         pending.append(part)
         n_pending += part.num_rows
         n_out += part.num_rows
-        while n_pending >= size or (f is files[-1] and n_pending):
+        while n_pending >= size:
             whole = pa.concat_tables(pending, promote_options="permissive")
             write_parquet_atomic(whole.slice(0, size), seg_dir / f"part-{n:05d}.parquet")
             n += 1
-            pending, n_pending = [whole.slice(size)], max(0, n_pending - size)
+            pending, n_pending = [whole.slice(size)], n_pending - size
+    if n_pending:
+        write_parquet_atomic(pa.concat_tables(pending, promote_options="permissive"), seg_dir / f"part-{n:05d}.parquet")
+        n += 1
     return n_in, n_out, n, rejected
 
 
