@@ -89,8 +89,9 @@ def test_seeded_and_kind_checked(tmp_path):
     assert [r["provenance"] for r in a] != [r["provenance"] for r in c]
     pixels = [open(r["image"]["path"], "rb").read() for r in a]
     assert pixels == [open(r["image"]["path"], "rb").read() for r in b]
+    (tmp_path / "empty").mkdir()
     with pytest.raises(RecipeError, match="kind `photo` needs images"):
-        list(LandmarksSource(name="lm", path=str(tmp_path / "none"), out_dir=str(tmp_path / "o"), images=1,
+        list(LandmarksSource(name="lm", path=str(tmp_path / "empty"), out_dir=str(tmp_path / "o"), images=1,
                              kinds=["photo"]).read())
     with pytest.raises(RecipeError, match="multiple of grid"):
         LandmarksSource(name="lm", path=str(tmp_path), out_dir=str(tmp_path / "o"), size=450)
