@@ -124,7 +124,7 @@ def render_landmark(spec: Landmark, origin: tuple[int, int] | None = None, perio
     """
     from scipy.ndimage import distance_transform_edt
 
-    x1, y1, x2, y2 = spec.box
+    x1, y1, x2, _ = spec.box
     side = x2 - x1
     ox, oy = origin if origin is not None else (x1, y1)
     outer = np.asarray(shape_mask(spec.shape, side)) > 0
@@ -335,9 +335,9 @@ def legibility(rows: Sequence[dict[str, Any]], coarse_tokens: int = COARSE_TOKEN
             sx, sy = seen.shape[1] / (size[0] if name == "coarse" else cell.width), \
                 seen.shape[0] / (size[1] if name == "coarse" else cell.height)
             ox, oy = (0, 0) if name == "coarse" else (cell.x1, cell.y1)
-            x1, y1 = int(math.ceil((box.x1 - ox) * sx)), int(math.ceil((box.y1 - oy) * sy))
+            x1, y1 = math.ceil((box.x1 - ox) * sx), math.ceil((box.y1 - oy) * sy)
             x2, y2 = int((box.x2 - ox) * sx), int((box.y2 - oy) * sy)
-            pad = max(1, int(round(OUTLINE_PX * sx)) + 1)  # the stripes only: inside the outline
+            pad = max(1, round(OUTLINE_PX * sx) + 1)  # the stripes only: inside the outline
             window = (slice(y1 + pad, y2 - pad), slice(x1 + pad, x2 - pad))
             templates = []
             for o in ORIENTATIONS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,7 +51,7 @@ def test_rows_are_exact(rows):
     for path, group in by_image.items():
         colours = [json.loads(r["provenance"])["target"] for r in group]
         assert len(set(colours)) == 4 and set(colours) <= set(COLOURS)
-        assert open_rgb(open(path, "rb").read()).size == (448, 448)
+        assert open_rgb(Path(path).read_bytes()).size == (448, 448)
     kinds = {json.loads(r["provenance"])["background_kind"] for r in rows}
     assert kinds == {"photo", "gradient", "tiles", "noise"}
 
@@ -59,7 +60,7 @@ def test_landmark_pixels_are_the_colour_and_the_stripes(rows):
     r = rows[0]
     prov = json.loads(r["provenance"])
     lm = next(x for x in prov["landmarks"] if x["colour"] == prov["target"])
-    im = np.asarray(open_rgb(open(r["image"]["path"], "rb").read())).astype(int)
+    im = np.asarray(open_rgb(Path(r["image"]["path"]).read_bytes())).astype(int)
     x1, y1 = lm["box"][:2]
     outline = im[y1 + 2, x1 + 44]  # inside the 8-px outline, top centre
     assert np.abs(outline - np.array(COLOURS[lm["colour"]])).max() <= 8  # the grain is +-8
@@ -87,8 +88,8 @@ def test_seeded_and_kind_checked(tmp_path):
 
     a, b, c = run(0), run(0), run(1)
     assert [r["provenance"] for r in a] != [r["provenance"] for r in c]
-    pixels = [open(r["image"]["path"], "rb").read() for r in a]
-    assert pixels == [open(r["image"]["path"], "rb").read() for r in b]
+    pixels = [Path(r["image"]["path"]).read_bytes() for r in a]
+    assert pixels == [Path(r["image"]["path"]).read_bytes() for r in b]
     (tmp_path / "empty").mkdir()
     with pytest.raises(RecipeError, match="kind `photo` needs images"):
         list(LandmarksSource(name="lm", path=str(tmp_path / "empty"), out_dir=str(tmp_path / "o"), images=1,
