@@ -318,8 +318,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       args.threads)
     print(f"SFT: {sft['steps']} steps, {sft['seconds']:.0f} s; loss " +
           ", ".join(f"{s}: {v:.3f}" for s, v in sft["loss"]))
-    # the SFT arm given GRPO's data: as many two-turn episodes as GRPO samples, in SFT's mix of modes
-    more_steps = max(1, size["grpo_steps"] * size["batch"] * len(MODES) // (2 * size["batch"]))
+    # the SFT arm given GRPO's data: as many two-turn episodes as GRPO trains on (grpo_steps x batch rollouts), in
+    # SFT's mix of modes (one two-turn episode in len(MODES))
+    more_steps = max(1, size["grpo_steps"] * len(MODES))
     more = sft_recipe(out, seen, str(out / "sft"), more_steps, size["batch"], args.sft_lr / 10, "sft_more")
     jobs = [(run_grpo_job, (grpo_recipe(out, seen, labels, "grpo", size, True, args.lr, args.temperature),
                             args.threads)),
