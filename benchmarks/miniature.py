@@ -192,8 +192,8 @@ def pct(v: float | None) -> str:
 
 
 def table(evals: dict[str, dict[str, Any]], set_name: str) -> list[str]:
-    lines = [f"| policy | mode | n | accuracy % (95% CI) | parsed % | vision tokens / item | region hit % | "
-             f"mean crop area % |", "|---|---|---|---|---|---|---|---|"]
+    header = "| policy | mode | n | accuracy % (95% CI) | parsed % | vision tokens / item | region hit % | mean crop area % |"
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     for arm, res in evals.items():
         if set_name not in res:
             continue

@@ -433,12 +433,8 @@ def _label_rows(labels: Any) -> list[Mapping[str, Any]]:
         path = Path(labels)
         if not path.exists():
             raise JudgeConfigError(f"labels file {path} does not exist")
-        if path.is_dir():  # a curated set: its own boxes are the labels (exact for generated sets)
-            shards = sorted(path.glob("data/*.parquet"))
-            if not shards:
-                raise JudgeConfigError(f"labels folder {path} holds no curated set (no data/*.parquet)")
-            return labels_from_boxes([r for f in shards for r in pq.read_table(f).to_pylist()], "curated-box")
-        return pq.read_table(path).to_pylist()
+        return labels_from_boxes(pq.read_table(path / "data").to_pylist(), "curated-box") if path.is_dir() \
+            else pq.read_table(path).to_pylist()  # a curated set's folder: its own boxes are the labels
     if hasattr(labels, "to_pylist"):
         return labels.to_pylist()
     return list(labels)
