@@ -5,23 +5,14 @@ answers parse, zooms run, the table and its last line come out. The full benchma
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.support.paths import ROOT
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("miniature_benchmark", ROOT / "benchmarks" / "miniature.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.benchmarks import load_benchmark
 
 
 @pytest.mark.integration
 def test_the_short_miniature_run_parses_zooms_and_reports(tmp_path, capsys):
-    summary = _benchmark().main(["--quick", "--workers", "1", "--out", str(tmp_path)])
+    summary = load_benchmark("miniature").main(["--quick", "--workers", "1", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     last = out.strip().splitlines()[-1]
     assert last.startswith("miniature: direct=") and " p=" in last and "c2f_no_tce=" in last
