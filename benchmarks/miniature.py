@@ -52,7 +52,7 @@ MODES = ("direct", "coarse_to_fine", "oracle_crop", "direct_full")
 ARMS = ("sft", "sft_more", "grpo", "grpo_no_tce")
 FULL = {"images": 300, "unseen_images": 30, "sft_steps": 400, "grpo_steps": 60, "batch": 8, "generations": 4,
         "heldout_limit": 60, "unseen_limit": None}
-QUICK = {"images": 20, "unseen_images": 2, "sft_steps": 60, "grpo_steps": 2, "batch": 4, "generations": 2,
+QUICK = {"images": 20, "unseen_images": 2, "sft_steps": 200, "grpo_steps": 2, "batch": 4, "generations": 2,
          "heldout_limit": 4, "unseen_limit": 4}
 REASONING = "Zoom."  # turn 1's reasoning line: short, it dominates generation time
 UNSEEN_PHOTOS = ("imgaug_quokka.jpg", "coco/terrain2.png")  # scenes unlike the V* photos of the train kinds
