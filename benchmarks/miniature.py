@@ -273,6 +273,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sft-steps", type=int)
     parser.add_argument("--grpo-steps", type=int)
     parser.add_argument("--sft-lr", type=float, default=3e-3)
+    parser.add_argument("--perception-steps", type=int, default=0, help="SFT steps on oracle crops alone before the "
+                        "cold start in every mode (0: none)")
+    parser.add_argument("--perception-lr", type=float, default=1e-3)
     parser.add_argument("--lr", type=float, default=2e-4, help="GRPO learning rate (benchmarks/learning.py's)")
     parser.add_argument("--temperature", type=float, default=0.7, help="GRPO sampling temperature (learning.py's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (1: best on a shared "
@@ -314,7 +317,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"(templates {v['crop_template_separation']:.1f} grey levels apart)")
     labels = write_region_labels([seen], out / "region_labels.parquet")
 
-    sft = run_sft_job(sft_recipe(out, seen, args.model, size["sft_steps"], size["batch"], args.sft_lr, "sft"),
+    start_model = args.model
+    if args.perception_steps:  # a first cold-start phase on oracle crops only: the stripes, nothing else to learn
+        first = sft_recipe(out, seen, args.model, args.perception_steps, size["batch"], args.perception_lr,
+                           "sft_perception")
+        first.modes = ["oracle_crop"]
+        phase = run_sft_job(first, args.threads)
+        print(f"SFT on oracle crops: {phase['steps']} steps, {phase['seconds']:.0f} s; loss " +
+              ", ".join(f"{s}: {v:.3f}" for s, v in phase["loss"]))
+        start_model = str(out / "sft_perception")
+    sft = run_sft_job(sft_recipe(out, seen, start_model, size["sft_steps"], size["batch"], args.sft_lr, "sft"),
                       args.threads)
     print(f"SFT: {sft['steps']} steps, {sft['seconds']:.0f} s; loss " +
           ", ".join(f"{s}: {v:.3f}" for s, v in sft["loss"]))
