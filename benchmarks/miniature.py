@@ -322,9 +322,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         first = sft_recipe(out, seen, args.model, args.perception_steps, size["batch"], args.perception_lr,
                            "sft_perception")
         first.modes = ["oracle_crop"]
-        phase = run_sft_job(first, args.threads)
-        print(f"SFT on oracle crops: {phase['steps']} steps, {phase['seconds']:.0f} s; loss " +
-              ", ".join(f"{s}: {v:.3f}" for s, v in phase["loss"]))
+        marker = out / "sft_perception" / "ergo_phase.json"
+        settings = {"model": args.model, "steps": args.perception_steps, "lr": args.perception_lr,
+                    "batch": size["batch"], "data": str(seen)}
+        if marker.exists() and json.loads(marker.read_text())["settings"] == settings:
+            phase = json.loads(marker.read_text())  # the same phase finished before: its checkpoint is reused
+            print(f"SFT on oracle crops: reusing {marker.parent} ({phase['steps']} steps)")
+        else:
+            phase = run_sft_job(first, args.threads)
+            marker.write_text(json.dumps({**phase, "settings": settings}))
+            print(f"SFT on oracle crops: {phase['steps']} steps, {phase['seconds']:.0f} s; loss " +
+                  ", ".join(f"{s}: {v:.3f}" for s, v in phase["loss"]))
         start_model = str(out / "sft_perception")
     sft = run_sft_job(sft_recipe(out, seen, start_model, size["sft_steps"], size["batch"], args.sft_lr, "sft"),
                       args.threads)
