@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         first.modes = ["oracle_crop"]
         marker = out / "sft_perception" / "ergo_phase.json"
         settings = {"model": args.model, "steps": args.perception_steps, "lr": args.perception_lr,
-                    "batch": size["batch"], "data": str(seen)}
+                    "batch": size["batch"], "data": str(seen.resolve())}
         if marker.exists() and json.loads(marker.read_text())["settings"] == settings:
             phase = json.loads(marker.read_text())  # the same phase finished before: its checkpoint is reused
             print(f"SFT on oracle crops: reusing {marker.parent} ({phase['steps']} steps)")
