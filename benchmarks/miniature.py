@@ -21,7 +21,7 @@
    accuracy with its Wilson 95% interval, parsed share, vision tokens per item, region hit rate beside the mean crop
    area; GRPO vs the best SFT arm on unseen-background ``coarse_to_fine`` with an exact McNemar test.
 
-Checkpoints land in ``--out`` (``sft``, ``sft_more``, ``grpo``, ``grpo_no_tce``); the last line is
+Checkpoints land in ``--out`` (default ``out/miniature-run``: ``sft``, ``sft_more``, ``grpo``, ``grpo_no_tce``); the last line is
 ``miniature: direct=.. c2f=.. oracle=.. full=.. tokens_ratio=.. hit_sft=.. hit_grpo=.. c2f_sft=.. c2f_grpo=..
 c2f_no_tce=.. p=..`` (unseen backgrounds, the GRPO policy's modes, accuracies and hit rates in %).
 """
@@ -265,7 +265,7 @@ def report(evals: dict[str, dict[str, Any]], out: Path, extra: dict[str, Any]) -
 # ---- main -----------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "out" / "miniature")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "miniature-run")
     parser.add_argument("--quick", action="store_true", help="the short version (the test suite's)")
     parser.add_argument("--model", default="tiny-wide", help="the policy to start from")
     parser.add_argument("--backgrounds", type=Path, help="with --eval-only: a folder of photos for a new held-out set")
