@@ -199,7 +199,7 @@ def visibility_band(recipe: Recipe | None) -> P.Band | None:
                 p = build_stage(spec).params
             except (RecipeError, KeyError):
                 return None
-            return P.Band(p.min_side_px, p.max_side_px, p.max_pixels)
+            return P.Band(p.min_side_px, p.max_side_px, p.max_pixels, p.min_zoom_gain)
     return None
 
 
@@ -307,6 +307,7 @@ def make_plots(out: Path, cols: dict[str, list], stats: dict[str, Any], rejects:
     jobs = [lambda: P.plot_per_source(stats["sources"], rejects, folder),
             lambda: P.plot_area(cols, measured, GAMMA, folder),
             lambda: P.plot_short_side(cols, measured, band, folder),
+            lambda: P.plot_zoom_gain(cols, measured, band, folder),
             lambda: P.plot_tokens(cols, folder),
             lambda: P.plot_questions(cols, folder),
             lambda: P.plot_resolution(cols, folder),
