@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -43,7 +44,7 @@ def lacking_detail(img: Image.Image, box: Box, max_pixels: int) -> float:
 def main() -> None:
     by_bin: dict[int, list[float]] = defaultdict(list)
     mp = BUDGETS[1280]
-    for line in open("tests/data/qa/objects.jsonl", encoding="utf-8"):
+    for line in Path("tests/data/qa/objects.jsonl").read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         if "vstar" not in rec["image"]:
             continue

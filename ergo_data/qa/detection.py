@@ -7,12 +7,16 @@ line). A bad object is its own problem and the image keeps its good objects, but
 stops being exhaustive on that image (counting it would be wrong). Ids come from the image path relative
 to the source root, so the same set at another path gives the same ids.
 
-No reader library is used: globox (the smallest, 36 kB) fails a whole file on one bad line with "Syntax
-error in txt annotation file." and no line; supervision pulls av/scipy/matplotlib and skips bad lines;
-datumaro pins pyarrow~=25, pandas~=2.3 and pillow~=12 against our 26 / 3.1 / 13. The formats are small:
-the stdlib's csv, json and ElementTree read them, with the file and line in every error.
+No reader library is used (checked: globox 2.9.0, supervision 0.31.2, datumaro 1.13.12): globox (36 kB,
+numpy/rich/tqdm) fails a whole file on one bad line with "Syntax error in txt annotation file." and no
+line number; supervision (av, scipy, matplotlib, requests) stops the whole load at the first bad line
+(naming the file, not the line) and reads an image without a label file as an empty one; datumaro pins
+pyarrow~=25, pandas~=2.3 and pillow~=12 against our 26 / 3.1 / 13. None says which line is wrong and goes
+on. The formats are small: the stdlib's csv, json and ElementTree read them, with the file and line (or
+object) in every problem.
 
->>> images = [im for im in read_detection("yolo", "tests/data/detection") if isinstance(im, AnnotatedImage)]
+>>> images = [im for im in read_detection("yolo", "tests/data/detection", exhaustive=True)
+...           if isinstance(im, AnnotatedImage)]
 >>> doll = [im for im in images if im.key == "images/doll"][0]
 >>> doll.objects[0].label, doll.is_exhaustive("doll"), doll.origin["labels"]
 ('doll', True, 'labels/doll.txt')
@@ -20,7 +24,7 @@ the stdlib's csv, json and ElementTree read them, with the file and line in ever
 
 from __future__ import annotations
 
-import json
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -32,7 +36,7 @@ import yaml
 from ergo_data.core.boxes import Box, BoxError, Size
 from ergo_data.core.files import IMAGE_EXTENSIONS, EncodingProblem, load_json_file
 from ergo_data.core.imageio import DecodeError, read_info
-from ergo_data.qa.objects import AnnotatedImage, AnnotatedObject, LoadProblem, image_key
+from ergo_data.qa.objects import AnnotatedImage, AnnotatedObject, LoadProblem, image_key, root_key
 
 FORMATS = ("yolo", "voc", "labelme", "cvat", "openimages")
 NAMES_FILES = ("data.yaml", "dataset.yaml", "classes.txt", "obj.names", "classes.names")
@@ -86,6 +90,16 @@ def relative_key(root: Path, path: Path) -> str:
     return image_key(path.relative_to(root).as_posix())
 
 
+def lexical(root: Path, path: Path) -> str:
+    """``path`` relative to ``root`` with ``..`` folded but symlinks not followed (as given when outside).
+
+    >>> lexical(Path("/set"), Path("/set/labelme/../images/a.jpg"))
+    'images/a.jpg'
+    """
+    p = Path(os.path.normpath(path))
+    return p.relative_to(root).as_posix() if p.is_relative_to(root) else str(path)
+
+
 def inside(root: Path, relative: str | Path) -> Path | None:
     """``relative`` resolved under ``root``; None when it escapes (``..``, absolute elsewhere, symlink)."""
     try:
@@ -123,11 +137,12 @@ def _check_box(raw: RawObject, size: Size, tol: float) -> Box | tuple[str, str]:
 
 def assemble(ann: ImageAnnotation, image_path: Path | None, s: Settings) -> Iterator[AnnotatedImage | LoadProblem]:
     """Check one image's objects against the image file: problems per object, then the image (if usable)."""
-    key = image_key(ann.rel) if image_path is None else relative_key(s.root, image_path)
     where = ann.origin.get("annotation", ann.rel)
-    if image_path is None:
+    if image_path is None:  # keyed by the annotation that names it: the path itself may be absolute
+        key = f"{image_key(where)}/{Path(ann.rel).stem}"
         yield LoadProblem(key, "path_escapes_root", f"{where}: image {ann.rel!r} is not under {s.root}")
         return
+    key = root_key(s.root, ann.rel, image_path)
     if not image_path.is_file():
         yield LoadProblem(key, "image_missing", f"{where}: annotation without its image ({ann.rel} not found)")
         return
@@ -147,8 +162,8 @@ def assemble(ann: ImageAnnotation, image_path: Path | None, s: Settings) -> Iter
     for i, raw in enumerate(ann.objects):
         problem = raw.problem
         if problem is None and s.classes is not None and raw.label not in s.classes:
-            problem = ("unknown_class", f"{raw.where}: label {raw.label!r} is not one of the source's classes "
-                       f"{sorted(s.classes)}")
+            problem = ("unknown_class", (f"{raw.where}: label {raw.label!r} is not one of the source's classes "
+                       f"{sorted(s.classes)}"))
         if problem is None:
             checked = _check_box(raw, size, s.tolerance_px)
             if isinstance(checked, Box):
@@ -224,8 +239,8 @@ def _yolo_line(text: str, where: str, names: list[str]) -> RawObject:
     except ValueError:
         return RawObject(where, problem=("malformed_line", f"{where}: class id {parts[0]!r} is not a number"))
     if not cid.is_integer() or not 0 <= cid < len(names):
-        return RawObject(where, problem=("unknown_class", f"{where}: class id {parts[0]} is outside the names "
-                                         f"(0..{len(names) - 1})"))
+        return RawObject(where, problem=("unknown_class", (f"{where}: class id {parts[0]} is outside the names "
+                                         f"(0..{len(names) - 1})")))
     label, coords = names[int(cid)], parts[1:]
     return RawObject(where, label, lambda size: Box.from_yolo(coords, size), pixels=False)
 
@@ -262,7 +277,7 @@ def read_yolo(s: Settings, names: str | None) -> Iterator[AnnotatedImage | LoadP
             continue
         raws = [_yolo_line(t, f"{lrel}:{n}", classes) for n, t in lines]
         origin = {"annotation": lrel, "labels": lrel, "names": names_file, "reader": "yolo"}
-        yield from assemble(ImageAnnotation(rel, raws, origin), image.resolve(), s)
+        yield from assemble(ImageAnnotation(rel, raws, origin), inside(root, rel), s)
     image_dirs = {p.parent for p in images}
     for txt in sorted(root.rglob("*.txt")):
         if txt in claimed or txt.name in NAMES_FILES or not ("labels" in txt.relative_to(root).parts[:-1]
@@ -315,8 +330,8 @@ def read_voc(s: Settings, annotations: str | None, images: str | None) -> Iterat
             yield LoadProblem(image_key(rel), "image_missing", f"{rel}: no <filename>")
             continue
         base = image_dir if image_dir is not None else xml_path.parent
-        image_path = inside(root, base.relative_to(root) / filename)
-        image_rel = image_path.relative_to(root).as_posix() if image_path else filename
+        image_rel = lexical(root, base / filename)
+        image_path = inside(root, image_rel)
         size_node = doc.find("size")
         w, h = _int_text(size_node, "width"), _int_text(size_node, "height")
         raws = [_voc_object(obj, f"{rel} object {i + 1}") for i, obj in enumerate(doc.iter("object"))]
@@ -359,8 +374,8 @@ def read_labelme(s: Settings, annotations: str | None) -> Iterator[AnnotatedImag
         if not isinstance(doc, dict) or "shapes" not in doc or not isinstance(doc.get("imagePath"), str):
             yield LoadProblem(image_key(rel), "not_labelme", f"{rel}: no `shapes` and `imagePath`: not a LabelMe file")
             continue
-        image_path = inside(root, js.parent.relative_to(root) / doc["imagePath"].replace("\\", "/"))
-        image_rel = image_path.relative_to(root).as_posix() if image_path else doc["imagePath"]
+        image_rel = lexical(root, js.parent / doc["imagePath"].replace("\\", "/"))
+        image_path = inside(root, image_rel)
         w, h = doc.get("imageWidth"), doc.get("imageHeight")
         raws = [_labelme_shape(sh, f"{rel} shapes[{i}]") for i, sh in enumerate(doc.get("shapes") or [])]
         origin = {"annotation": rel, "reader": "labelme"}
@@ -373,8 +388,8 @@ def _labelme_shape(sh: Any, where: str) -> RawObject:
         return RawObject(where, problem=("malformed_object", f"{where}: a shape needs a `label`"))
     label, kind = sh["label"].strip(), sh.get("shape_type") or "polygon"
     if kind != "rectangle":
-        return RawObject(where, label, problem=("unsupported_shape", f"{where} ({label}): shape_type {kind!r}; "
-                                                "only rectangles are boxes"))
+        return RawObject(where, label, problem=("unsupported_shape", (f"{where} ({label}): shape_type {kind!r}; "
+                                                "only rectangles are boxes")))
     points = sh.get("points") or []
     return RawObject(f"{where} ({label})", label, lambda size: Box.from_corners(points, "LabelMe rectangle"))
 

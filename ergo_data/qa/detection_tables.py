@@ -28,8 +28,9 @@ from ergo_data.qa.detection import (
     _xml,
     assemble,
     inside,
+    lexical,
 )
-from ergo_data.qa.objects import AnnotatedImage, LoadProblem, image_key
+from ergo_data.qa.objects import AnnotatedImage, LoadProblem
 
 
 def _file(root: Path, given: str | None, what: str) -> tuple[Path, str]:
@@ -51,8 +52,8 @@ def read_cvat(s: Settings, annotations: str | None, images: str | None) -> Itera
     base = _folder(s.root, images, "images") if images or (s.root / "images").is_dir() else path.parent
     for i, node in enumerate(doc.iter("image")):
         name = (node.get("name") or "").strip()
-        image_path = inside(s.root, base.relative_to(s.root) / name) if name else None
-        image_rel = image_path.relative_to(s.root).as_posix() if image_path else name or f"image{i}"
+        image_rel = lexical(s.root, base / name) if name else f"image{i}"
+        image_path = inside(s.root, image_rel) if name else None
         w, h = _int_attr(node, "width"), _int_attr(node, "height")
         raws: list[RawObject] = []
         for j, shape in enumerate(node):
@@ -61,11 +62,11 @@ def read_cvat(s: Settings, annotations: str | None, images: str | None) -> Itera
             if shape.tag != "box":
                 raws.append(RawObject(where, label, problem=("unsupported_shape", f"{where}: only boxes are read")))
             elif float(shape.get("rotation") or 0) % 360:
-                raws.append(RawObject(where, label, problem=("rotated_box", f"{where}: rotated by "
-                                                             f"{shape.get('rotation')} degrees")))
+                raws.append(RawObject(where, label, problem=("rotated_box", (f"{where}: rotated by "
+                                                             f"{shape.get('rotation')} degrees"))))
             elif declared and label not in declared:
-                raws.append(RawObject(where, label, problem=("unknown_class", f"{where}: label {label!r} is not "
-                                                             f"declared in <labels> {sorted(declared)}")))
+                raws.append(RawObject(where, label, problem=("unknown_class", (f"{where}: label {label!r} is not "
+                                                             f"declared in <labels> {sorted(declared)}"))))
             else:
                 values = [shape.get(k) for k in ("xtl", "ytl", "xbr", "ybr")]
                 raws.append(RawObject(f"{where} ({label})", label,
@@ -123,8 +124,8 @@ def read_openimages(s: Settings, annotations: str | None, names: str | None, ima
                                                 lambda size, v=values: Box.from_openimages(v, size), pixels=False))
     for image_id in sorted(by_image):
         matches = sorted(base.glob(f"{image_id}.*")) if image_id and "/" not in image_id else []
-        image_path = matches[0].resolve() if matches else base / f"{image_id}.jpg"
-        image_rel = image_path.relative_to(s.root).as_posix() if image_path.is_relative_to(s.root) else image_id
+        image_rel = lexical(s.root, matches[0] if matches else base / f"{image_id}.jpg")
+        image_path = inside(s.root, image_rel)
         origin = {"annotation": rel, "reader": "openimages", "image_id": image_id}
         yield from assemble(ImageAnnotation(image_rel, by_image[image_id], origin,
                                             not_exhaustive=frozenset(groups[image_id])), image_path, s)

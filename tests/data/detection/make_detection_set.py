@@ -27,7 +27,7 @@ PICKS = {"examples/vstar/doll.JPG": 2400, "examples/vstar/queue_time.jpg": 2400,
 
 def main() -> None:
     items = []
-    for line in open("tests/data/qa/objects.jsonl", encoding="utf-8"):
+    for line in Path("tests/data/qa/objects.jsonl").read_text(encoding="utf-8").splitlines():
         rec = json.loads(line)
         if rec["image"] not in PICKS:
             continue

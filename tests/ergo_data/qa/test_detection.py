@@ -1,0 +1,154 @@
+"""Detection sets in their own layouts (YOLO, Pascal VOC, LabelMe, CVAT, Open Images) -> questions.
+
+The real set is ``tests/data/detection`` (three V* photos and the sahi aerial image, hand-checked boxes, in
+five layouts written by its ``make_detection_set.py``); the bad-input corpus is ``tests/data/make_bad_detection.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from ergo_data.cli.app import app
+from ergo_data.core.errors import RecipeError
+from ergo_data.pipeline.contract import Reject
+from ergo_data.qa.detection import Settings, read_detection
+from ergo_data.qa.objects import AnnotatedImage, LoadProblem, load_annotated_images
+from ergo_data.sources.questions import QuestionsSource
+from tests.data.make_bad_detection import build
+from tests.support.paths import ROOT
+
+SET = ROOT / "tests" / "data" / "detection"
+LAYOUTS = {
+    "yolo": {"annotations": "data.yaml"},
+    "voc": {"format": "voc", "annotations": "Annotations", "images": "images"},
+    "labelme": {"format": "labelme", "annotations": "labelme"},
+    "cvat": {"annotations": "cvat.xml"},
+    "openimages": {"annotations": "openimages/boxes.csv", "names": "openimages/class-descriptions-boxable.csv"},
+}
+
+
+def objects_of(fmt: str, root: Path = SET) -> dict[str, list[tuple[str, tuple[float, ...]]]]:
+    kw = dict(LAYOUTS[fmt])
+    fmt_name = kw.pop("format", fmt)
+    out = {}
+    for im in read_detection(fmt_name, root, kw.pop("annotations"), settings=Settings(root.resolve(), True), **kw):
+        assert isinstance(im, AnnotatedImage), im
+        out[im.key] = sorted((o.label, o.box.as_tuple()) for o in im.objects)
+    return out
+
+
+def test_five_layouts_give_the_same_objects():
+    reference = objects_of("yolo")
+    assert sorted(reference) == ["images/doll", "images/queue_time", "images/terrain2", "images/vending_machine"]
+    assert sum(map(len, reference.values())) == 18
+    for fmt in ("voc", "labelme", "cvat", "openimages"):
+        got = objects_of(fmt)
+        assert sorted(got) == sorted(reference), fmt
+        for key, objs in reference.items():
+            for (la, a), (lb, b) in zip(objs, got[key], strict=True):
+                # the files round coordinates differently (YOLO 6 decimals normalised, VOC 0.1 px, CVAT 0.01 px)
+                assert la == lb and max(abs(p - q) for p, q in zip(a, b)) < 0.06, (fmt, key, la)
+
+
+def test_ids_do_not_depend_on_where_the_set_lies(tmp_path):
+    """Same set at two paths -> the same ids, none of them holding a path; also for a jsonl that names its
+    images by absolute path (the issue's `aerial//tmp/...` ids)."""
+    ids = []
+    for where in (tmp_path / "a" / "set", tmp_path / "b" / "deeper" / "copy"):
+        shutil.copytree(SET, where, ignore=shutil.ignore_patterns("*.py"))
+        rows = list(QuestionsSource(name="det", path=str(where), exhaustive=True, **LAYOUTS["yolo"]).read())
+        ids.append(sorted(r["id"] if isinstance(r, dict) else r.row["id"] for r in rows))
+        assert not any(str(tmp_path) in i for i in ids[-1])
+        line = {"image": str(where / "images" / "doll.jpg"),
+                "objects": [{"label": "doll", "box_xyxy": [1194, 790, 1261, 906]}]}
+        (where / "abs.jsonl").write_text(json.dumps(line) + "\n")
+        [doll] = load_annotated_images(where / "abs.jsonl", where)
+        assert doll.key == "images/doll"
+    assert ids[0] == ids[1] and len(set(ids[0])) == len(ids[0]) > 0
+
+
+def test_class_names_are_checked(tmp_path):
+    root = tmp_path / "set"
+    shutil.copytree(SET, root, ignore=shutil.ignore_patterns("*.py"))
+    (root / "data.yaml").write_text("nc: 3\nnames: [car, truck]\n")
+    with pytest.raises(RecipeError, match="nc = 3 but `names` has 2"):
+        list(QuestionsSource(name="d", path=str(root), **LAYOUTS["yolo"]).read())
+    (root / "data.yaml").write_text("names: [car]\n")  # every class id above 0 is now outside the names
+    rows = list(QuestionsSource(name="d", path=str(root), **LAYOUTS["yolo"]).read())
+    unknown = [r for r in rows if isinstance(r, Reject) and r.reason == "unknown_class"]
+    lines = [t for f in sorted((root / "labels").glob("*.txt")) for t in f.read_text().splitlines()]
+    assert len(unknown) == sum(not t.startswith("0 ") for t in lines) > 10
+    assert any("labels/doll.txt:1: class id 2 is outside the names (0..0)" in r.detail for r in unknown)
+    (root / "data.yaml").unlink()
+    with pytest.raises(RecipeError, match="no class names"):
+        list(QuestionsSource(name="d", path=str(root), format="yolo").read())
+    rows = list(QuestionsSource(name="d", path=str(SET), classes=["doll"], **LAYOUTS["cvat"]).read())
+    assert {r.reason for r in rows if isinstance(r, Reject) and "/object" in r.row["id"]} == {"unknown_class"}
+
+
+def test_bad_input_corpus_each_fault_is_a_reject_naming_file_and_line(tmp_path):
+    specs, expects = build(tmp_path)
+    rejects: dict[str, Reject] = {}
+    kept_images: dict[str, set[str]] = {}
+    for spec in specs:
+        spec = {k: v for k, v in spec.items() if k != "type"}
+        for r in QuestionsSource(templates=["spatial", "counting"], **spec).read():
+            if isinstance(r, Reject):
+                rejects[r.row["id"]] = r
+            else:
+                kept_images.setdefault(r["source"], set()).add(r["id"].split("/spatial/")[0].split("/counting/")[0])
+    for e in expects:
+        assert e.id in rejects, (e, sorted(rejects))
+        r = rejects[e.id]
+        assert r.reason == e.reason and e.detail in r.detail, (e, r)
+    # the good items still make questions; the image with bad lines keeps its one good box
+    assert kept_images["yolo"] == {"yolo/images/good"} and kept_images["voc"] == {"voc/JPEGImages/good"}
+    assert kept_images["labelme"] == {"labelme/good"}
+
+
+def test_bad_lines_end_exhaustiveness_of_their_label(tmp_path):
+    build(tmp_path)
+    images = {i.key: i for i in read_detection("yolo", tmp_path / "yolo", exhaustive=True)
+              if isinstance(i, AnnotatedImage)}
+    assert images["images/good"].exhaustive is True
+    # lines.txt has a class id outside the names: which label it meant is unknown, so nothing is exhaustive
+    assert images["images/lines"].exhaustive is False and len(images["images/lines"].objects) == 1
+    voc = {i.key: i for i in read_detection("voc", tmp_path / "voc", exhaustive=True,
+                                            classes=frozenset({"car", "person"}))
+           if isinstance(i, AnnotatedImage)}
+    assert voc["JPEGImages/outside"].exhaustive == frozenset({"person"})  # the bad car box: car not exhaustive
+    problems = [p for p in read_detection("labelme", tmp_path / "labelme") if isinstance(p, LoadProblem)]
+    assert {p.reason for p in problems} == {"unsupported_shape", "path_escapes_root", "malformed_json"}
+
+
+def test_ergo_run_on_yolo_voc_and_labelme_folders(tmp_path, monkeypatch):
+    """``ergo run pipelines/detection_<fmt>.yaml``: a curated set with questions, rejects with reasons
+    (the aerial image's zoom adds nothing) and a card with the zoom-gain histogram; the three layouts of the
+    same set give the same samples."""
+    monkeypatch.chdir(ROOT)
+    summaries = {}
+    for fmt in ("yolo", "voc", "labelme"):
+        out = tmp_path / fmt
+        res = CliRunner().invoke(app, ["run", f"pipelines/detection_{fmt}.yaml", "--out", str(out), "-q"],
+                                 catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        stats = json.loads((out / "stats.json").read_text())
+        assert stats["invariant"]["ok"]
+        kept = pq.read_table(out / "data").to_pylist()
+        rejects = pq.read_table(out / "rejects").to_pylist()
+        assert kept and all(r["boxes"] and r["question"] and r["answer"] for r in kept)
+        assert {"no_unique_referent", "region_legible_without_zoom", "zoom_adds_no_detail"} <= {
+            r["reason"] for r in rejects}
+        terrain = [r for r in rejects if r["id"].startswith("detection/images/terrain2/")]
+        assert any(r["reason"] == "zoom_adds_no_detail" for r in terrain)
+        assert not any(r["id"].startswith("detection/images/terrain2/") for r in kept)
+        card = (out / "README.md").read_text()
+        assert "Zoom gain per item" in card and (out / "plots" / "zoom_gain.png").is_file()
+        summaries[fmt] = sorted((r["id"], r["answer"], r["category"]) for r in kept)
+    assert summaries["yolo"] == summaries["voc"] == summaries["labelme"]
