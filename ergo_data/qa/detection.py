@@ -38,7 +38,7 @@ from ergo_data.core.files import IMAGE_EXTENSIONS, EncodingProblem, load_json_fi
 from ergo_data.core.imageio import DecodeError, read_info
 from ergo_data.qa.objects import AnnotatedImage, AnnotatedObject, LoadProblem, image_key, root_key
 
-FORMATS = ("yolo", "voc", "labelme", "cvat", "openimages")
+FORMATS = ("yolo", "voc", "labelme", "cvat", "openimages", "parquet")
 NAMES_FILES = ("data.yaml", "dataset.yaml", "classes.txt", "obj.names", "classes.names")
 
 
@@ -135,14 +135,16 @@ def _check_box(raw: RawObject, size: Size, tol: float) -> Box | tuple[str, str]:
         return "box_outside_image", f"{raw.where}: {e}"
 
 
-def assemble(ann: ImageAnnotation, image_path: Path | None, s: Settings) -> Iterator[AnnotatedImage | LoadProblem]:
-    """Check one image's objects against the image file: problems per object, then the image (if usable)."""
+def assemble(ann: ImageAnnotation, image_path: Path | None, s: Settings, key: str | None = None
+             ) -> Iterator[AnnotatedImage | LoadProblem]:
+    """Check one image's objects against the image file: problems per object, then the image (if usable).
+    ``key`` defaults to the image's path relative to the root."""
     where = ann.origin.get("annotation", ann.rel)
     if image_path is None:  # keyed by the annotation that names it: the path itself may be absolute
         key = f"{image_key(where)}/{Path(ann.rel).stem}"
         yield LoadProblem(key, "path_escapes_root", f"{where}: image {ann.rel!r} is not under {s.root}")
         return
-    key = root_key(s.root, ann.rel, image_path)
+    key = key or root_key(s.root, ann.rel, image_path)
     if not image_path.is_file():
         yield LoadProblem(key, "image_missing", f"{where}: annotation without its image ({ann.rel} not found)")
         return
@@ -395,7 +397,7 @@ def _labelme_shape(sh: Any, where: str) -> RawObject:
 
 
 def read_detection(fmt: str, root: str | Path, annotations: str | None = None, *, names: str | None = None,
-                   images: str | None = None, settings: Settings | None = None, **kw: Any
+                   images: str | None = None, settings: Settings | None = None, table: Any = None, **kw: Any
                    ) -> Iterable[AnnotatedImage | LoadProblem]:
     """The annotated images of a detection set in ``fmt`` (one of FORMATS) under ``root``.
 
@@ -410,4 +412,4 @@ def read_detection(fmt: str, root: str | Path, annotations: str | None = None, *
         return read_labelme(s, annotations)
     from ergo_data.qa import detection_tables
 
-    return detection_tables.read(fmt, s, annotations, names=names, images=images)
+    return detection_tables.read(fmt, s, annotations, names=names, images=images, table=table)

@@ -28,13 +28,14 @@ from ergo_data.core.schema import BOX_SOURCES, make_row
 from ergo_data.pipeline.contract import Reject, Source, SourceParams
 from ergo_data.pipeline.registry import source_registry
 from ergo_data.qa.detection import FORMATS, FormatError, Settings, read_detection
+from ergo_data.qa.detection_tables import TableColumns
 from ergo_data.qa.objects import AnnotatedImage, LoadProblem, load_annotated_images
 from ergo_data.qa.templates import Question, Skip, colour_questions, counting_questions, spatial_questions
 
 Template = Literal["spatial", "counting", "colour"]
 Format = Literal["auto", "jsonl", "coco", *FORMATS]
 SUFFIX_FORMAT = {".jsonl": "jsonl", ".json": "coco", ".xml": "cvat", ".csv": "openimages", ".yaml": "yolo",
-                 ".yml": "yolo", ".names": "yolo"}
+                 ".yml": "yolo", ".names": "yolo", ".parquet": "parquet"}
 
 
 class TemplateParams(SourceParams):
@@ -65,6 +66,7 @@ class QuestionsParams(TemplateParams):
     exhaustive: bool | list[str] = False
     box_source: str = "annotation"  # provenance of boxes whose file does not say (annotation/human/...)
     tolerance_px: float = Field(1.0, ge=0)  # detection formats: a box overshooting by at most this is clamped
+    table: TableColumns | None = None  # format parquet: columns (image, bbox, label, bbox_format, key, images_out)
 
 
 @source_registry.register("questions")
@@ -112,7 +114,7 @@ class QuestionsSource(Source):
             settings = Settings(self.root, exhaustive, p.box_source,
                                 frozenset(p.classes) if p.classes is not None else None, p.tolerance_px)
             yield from read_detection(fmt, self.root, p.annotations, names=p.names, images=p.images,
-                                      settings=settings)
+                                      settings=settings, table=p.table)
         except (ValueError, FormatError) as e:
             raise RecipeError(f"source {self.name!r}: {e}") from None
 

@@ -18,6 +18,7 @@ from ergo_data.cli.app import app
 from ergo_data.core.errors import RecipeError
 from ergo_data.pipeline.contract import Reject
 from ergo_data.qa.detection import Settings, read_detection
+from ergo_data.qa.detection_tables import TableColumns
 from ergo_data.qa.objects import AnnotatedImage, LoadProblem, load_annotated_images
 from ergo_data.sources.questions import QuestionsSource
 from tests.data.make_bad_detection import build
@@ -152,3 +153,36 @@ def test_ergo_run_on_yolo_voc_and_labelme_folders(tmp_path, monkeypatch):
         assert "Zoom gain per item" in card and (out / "plots" / "zoom_gain.png").is_file()
         summaries[fmt] = sorted((r["id"], r["answer"], r["category"]) for r in kept)
     assert summaries["yolo"] == summaries["voc"] == summaries["labelme"]
+
+
+def test_hugging_face_parquet_with_a_bbox_column(tmp_path):
+    """A HF object-detection table written by ``datasets`` (Image with embedded bytes, ``objects.bbox`` in
+    COCO xywh, ``objects.category`` a ClassLabel whose names live in the Parquet metadata) gives the same
+    objects as the YOLO layout of the same set."""
+    import datasets
+
+    images = [i for i in read_detection("yolo", SET) if isinstance(i, AnnotatedImage)]
+    names = sorted({o.label for i in images for o in i.objects})
+    features = datasets.Features({
+        "image": datasets.Image(), "width": datasets.Value("int32"), "height": datasets.Value("int32"),
+        "objects": datasets.Sequence({"bbox": datasets.Sequence(datasets.Value("float32"), length=4),
+                                      "category": datasets.ClassLabel(names=names)})})
+    rows = {"image": [{"bytes": i.image_path.read_bytes(), "path": i.image_path.name} for i in images],
+            "width": [i.size[0] for i in images], "height": [i.size[1] for i in images],
+            "objects": [{"bbox": [o.box.to_coco() for o in i.objects], "category": [names.index(o.label) for o in i.objects]}
+                        for i in images]}
+    rows["objects"][0]["category"].append(0)  # one label too many: the row cannot be paired up
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp_path / "train.parquet"))
+    got = {i.key: i for i in read_detection("parquet", tmp_path, "train.parquet", exhaustive=True,
+                                            table=TableColumns(images_out=str(tmp_path / "extracted")))}
+    first = images[0].image_path.stem
+    assert isinstance(got[first], LoadProblem) and got[first].reason == "malformed_row"
+    assert "train.parquet row 0" in got[first].detail
+    for i in images[1:]:
+        hf = got[i.image_path.stem]
+        assert isinstance(hf, AnnotatedImage) and hf.size == i.size
+        for a, b in zip(sorted((o.label, o.box.as_tuple()) for o in hf.objects),
+                        sorted((o.label, o.box.as_tuple()) for o in i.objects), strict=True):
+            assert a[0] == b[0] and max(abs(p - q) for p, q in zip(a[1], b[1])) < 1e-3  # float32 in the table
+    without = list(read_detection("parquet", tmp_path, "train.parquet"))
+    assert {p.reason for p in without} == {"image_not_extracted", "malformed_row"}
