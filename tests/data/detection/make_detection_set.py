@@ -83,6 +83,33 @@ def main() -> None:
         out.writerows(oi_rows)
     with open(HERE / "openimages" / "class-descriptions-boxable.csv", "w", newline="") as f:
         csv.writer(f, lineterminator="\n").writerows([[f"/m/ergo{i}", n] for i, n in enumerate(names)])
+    write_hf_parquet(items, names)
+
+
+def write_hf_parquet(items: list, names: list[str]) -> None:
+    """``hf/train.parquet`` as ``datasets`` writes an object-detection set: Image (here a path relative to the
+    set's root, no bytes), ``objects.bbox`` COCO xywh, ``objects.category`` a ClassLabel (names in the metadata)."""
+    import os
+
+    import datasets
+
+    features = datasets.Features({
+        "image_id": datasets.Value("string"), "image": datasets.Image(decode=False),
+        "width": datasets.Value("int32"), "height": datasets.Value("int32"),
+        "objects": datasets.Sequence({"bbox": datasets.Sequence(datasets.Value("float32"), length=4),
+                                      "category": datasets.ClassLabel(names=names)})})
+    rows = {"image_id": [stem for stem, _, _ in items],
+            "image": [{"path": f"images/{stem}.jpg", "bytes": None} for stem, _, _ in items],
+            "width": [size[0] for _, size, _ in items], "height": [size[1] for _, size, _ in items],
+            "objects": [{"bbox": [box.to_coco() for _, box in objs], "category": [names.index(lab) for lab, _ in objs]}
+                        for _, _, objs in items]}
+    (HERE / "hf").mkdir(exist_ok=True)
+    cwd = os.getcwd()
+    os.chdir(HERE)  # `datasets` keeps a relative image path as it is when run from the set's root
+    try:
+        datasets.Dataset.from_dict(rows, features=features).to_parquet("hf/train.parquet")
+    finally:
+        os.chdir(cwd)
 
 
 if __name__ == "__main__":

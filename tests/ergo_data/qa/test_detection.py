@@ -31,6 +31,7 @@ LAYOUTS = {
     "labelme": {"format": "labelme", "annotations": "labelme"},
     "cvat": {"annotations": "cvat.xml"},
     "openimages": {"annotations": "openimages/boxes.csv", "names": "openimages/class-descriptions-boxable.csv"},
+    "parquet": {"annotations": "hf/train.parquet"},
 }
 
 
@@ -44,16 +45,16 @@ def objects_of(fmt: str, root: Path = SET) -> dict[str, list[tuple[str, tuple[fl
     return out
 
 
-def test_five_layouts_give_the_same_objects():
+def test_six_layouts_give_the_same_objects():
     reference = objects_of("yolo")
     assert sorted(reference) == ["images/doll", "images/queue_time", "images/terrain2", "images/vending_machine"]
     assert sum(map(len, reference.values())) == 18
-    for fmt in ("voc", "labelme", "cvat", "openimages"):
+    for fmt in ("voc", "labelme", "cvat", "openimages", "parquet"):
         got = objects_of(fmt)
         assert sorted(got) == sorted(reference), fmt
         for key, objs in reference.items():
             for (la, a), (lb, b) in zip(objs, got[key], strict=True):
-                # the files round coordinates differently (YOLO 6 decimals normalised, VOC 0.1 px, CVAT 0.01 px)
+                # the files round differently (YOLO 6 decimals normalised, VOC 0.1 px, CVAT 0.01 px, HF float32)
                 assert la == lb and max(abs(p - q) for p, q in zip(a, b)) < 0.06, (fmt, key, la)
 
 
