@@ -55,6 +55,7 @@ class Settings:
     box_source: str = "annotation"
     classes: frozenset[str] | None = None  # the expected class names; a label outside them is a reject
     tolerance_px: float = 1.0  # a box overshooting the image by at most this is clamped
+    stored_frame: bool = False  # boxes refer to the stored pixels (before EXIF orientation): sizes are stored ones
 
 
 @dataclass
@@ -149,7 +150,8 @@ def assemble(ann: ImageAnnotation, image_path: Path | None, s: Settings, key: st
         yield LoadProblem(key, "image_missing", f"{where}: annotation without its image ({ann.rel} not found)")
         return
     try:
-        size = read_info(image_path.read_bytes()).size
+        info = read_info(image_path.read_bytes())
+        size = info.stored_size if s.stored_frame else info.size
     except DecodeError as e:
         yield LoadProblem(key, e.reason, f"{ann.rel}: {e}")
         return

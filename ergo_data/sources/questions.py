@@ -112,7 +112,8 @@ class QuestionsSource(Source):
                 yield from load_annotated_images(self.annotations_path(), self.root, exhaustive, p.box_source)
                 return
             settings = Settings(self.root, exhaustive, p.box_source,
-                                frozenset(p.classes) if p.classes is not None else None, p.tolerance_px)
+                                frozenset(p.classes) if p.classes is not None else None, p.tolerance_px,
+                                stored_frame=p.boxes_frame == "stored")
             yield from read_detection(fmt, self.root, p.annotations, names=p.names, images=p.images,
                                       settings=settings, table=p.table)
         except (ValueError, FormatError) as e:

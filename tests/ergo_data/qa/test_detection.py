@@ -17,6 +17,8 @@ from typer.testing import CliRunner
 from ergo_data.cli.app import app
 from ergo_data.core.errors import RecipeError
 from ergo_data.pipeline.contract import Reject
+from ergo_data.pipeline.executor.local import run_pipeline
+from ergo_data.pipeline.recipe import parse_recipe
 from ergo_data.qa.detection import Settings, read_detection
 from ergo_data.qa.detection_tables import TableColumns
 from ergo_data.qa.objects import AnnotatedImage, LoadProblem, load_annotated_images
@@ -95,23 +97,23 @@ def test_class_names_are_checked(tmp_path):
 
 
 def test_bad_input_corpus_each_fault_is_a_reject_naming_file_and_line(tmp_path):
-    specs, expects = build(tmp_path)
-    rejects: dict[str, Reject] = {}
-    kept_images: dict[str, set[str]] = {}
-    for spec in specs:
-        spec = {k: v for k, v in spec.items() if k != "type"}
-        for r in QuestionsSource(templates=["spatial", "counting"], **spec).read():
-            if isinstance(r, Reject):
-                rejects[r.row["id"]] = r
-            else:
-                kept_images.setdefault(r["source"], set()).add(r["id"].split("/spatial/")[0].split("/counting/")[0])
+    """Through the real pipeline: each fault a reject of the source naming file and line, the good items
+    (and the good box of an image with bad lines) still make questions, inputs = kept + rejected."""
+    specs, expects = build(tmp_path / "corpus")
+    recipe = {"name": "bad_detection", "sources": [dict(s, templates=["spatial", "counting"]) for s in specs],
+              "stages": [{"type": "decode"}, {"type": "box_check"}], "output": {"plots": False}}
+    stats = run_pipeline(parse_recipe(recipe), tmp_path / "out", quiet=True)
+    assert stats["invariant"]["ok"]
+    rejects = {r["id"]: r for r in pq.read_table(tmp_path / "out" / "rejects").to_pylist()}
     for e in expects:
         assert e.id in rejects, (e, sorted(rejects))
         r = rejects[e.id]
-        assert r.reason == e.reason and e.detail in r.detail, (e, r)
-    # the good items still make questions; the image with bad lines keeps its one good box
-    assert kept_images["yolo"] == {"yolo/images/good"} and kept_images["voc"] == {"voc/JPEGImages/good"}
-    assert kept_images["labelme"] == {"labelme/good"}
+        assert (r["stage"], r["reason"]) == ("source:questions", e.reason) and e.detail in r["detail"], (e, r)
+    kept = pq.read_table(tmp_path / "out" / "data").to_pylist()
+    images = {r["id"].rsplit("/", 2)[0] for r in kept}
+    assert images == {"yolo/images/good", "voc/JPEGImages/good", "labelme/good"}
+    # lines.jpg keeps its one good car, but its bad lines (one of unknown class) end exhaustiveness: no count
+    assert rejects["yolo/images/lines/counting/car"]["reason"] == "count_not_exhaustive"
 
 
 def test_bad_lines_end_exhaustiveness_of_their_label(tmp_path):
@@ -187,3 +189,19 @@ def test_hugging_face_parquet_with_a_bbox_column(tmp_path):
             assert a[0] == b[0] and max(abs(p - q) for p, q in zip(a[1], b[1])) < 1e-3  # float32 in the table
     without = list(read_detection("parquet", tmp_path, "train.parquet"))
     assert {p.reason for p in without} == {"image_not_extracted", "malformed_row"}
+
+
+def test_yolo_boxes_on_the_stored_frame_use_the_stored_size(tmp_path):
+    """A phone photo stored 64x32 with EXIF orientation 6 (displayed 32x64): normalised boxes scale by the
+    size of the frame they were drawn on (``boxes_frame``); ``decode`` later turns stored boxes upright."""
+    from tests.data.make_bad_inputs import encode, photo
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images" / "phone.jpg").write_bytes(encode(photo(64, 32), "JPEG", orientation=6))
+    (tmp_path / "labels" / "phone.txt").write_text("0 0.25 0.5 0.25 0.5\n")
+    (tmp_path / "classes.txt").write_text("sign\n")
+    [displayed] = read_detection("yolo", tmp_path)
+    [stored] = read_detection("yolo", tmp_path, stored_frame=True)
+    assert displayed.size == (32, 64) and displayed.objects[0].box.as_tuple() == (4.0, 16.0, 12.0, 48.0)
+    assert stored.size == (64, 32) and stored.objects[0].box.as_tuple() == (8.0, 8.0, 24.0, 24.0)
