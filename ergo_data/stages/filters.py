@@ -115,7 +115,16 @@ class VisibilityParams(Params):
 @stage_registry.register("visibility")
 class VisibilityStage(RegionFilter):
     """Keep samples whose union box short side at the budget lies in [min_side_px, max_side_px] and whose
-    zoomed crop has at least ``min_zoom_gain`` times the region's resolution in the coarse view."""
+    zoomed crop has at least ``min_zoom_gain`` times the region's resolution in the coarse view.
+
+    >>> import pyarrow as pa
+    >>> car = {"x1": 100.0, "y1": 200.0, "x2": 200.0, "y2": 254.0, "label": "car", "source": "annotation"}
+    >>> rows = [{"id": f"s/{w}", "source": "s", "width": w, "height": h, "boxes": [car]}
+    ...         for w, h in [(1764, 430), (4000, 2250)]]  # a mosaic strip that fits the budget; a drone photo
+    >>> res = VisibilityStage().process(pa.Table.from_pylist(rows))
+    >>> res.kept.column("id").to_pylist(), res.rejected[0]["reason"]
+    (['s/4000'], 'zoom_adds_no_detail')
+    """
 
     Params = VisibilityParams
 
