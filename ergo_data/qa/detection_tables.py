@@ -52,6 +52,8 @@ def read_cvat(s: Settings, annotations: str | None, images: str | None) -> Itera
     if isinstance(doc, LoadProblem):
         raise FormatError(doc.detail)
     declared = {(n.text or "").strip() for n in doc.iterfind("meta/*/labels/label/name")}
+    if doc.find("image") is None and doc.find("track") is not None:
+        raise FormatError(f"{rel}: a \"CVAT for video\" file (<track>s): export the task as \"CVAT for images\"")
     base = _folder(s.root, images, "images") if images or (s.root / "images").is_dir() else path.parent
     for i, node in enumerate(doc.iter("image")):
         name = (node.get("name") or "").strip()

@@ -205,3 +205,10 @@ def test_yolo_boxes_on_the_stored_frame_use_the_stored_size(tmp_path):
     [stored] = read_detection("yolo", tmp_path, stored_frame=True)
     assert displayed.size == (32, 64) and displayed.objects[0].box.as_tuple() == (4.0, 16.0, 12.0, 48.0)
     assert stored.size == (64, 32) and stored.objects[0].box.as_tuple() == (8.0, 8.0, 24.0, 24.0)
+
+
+def test_a_cvat_video_export_is_a_clear_error(tmp_path):
+    (tmp_path / "video.xml").write_text('<annotations><track id="0" label="car"><box frame="0" xtl="1" ytl="1" '
+                                        'xbr="5" ybr="5"/></track></annotations>')
+    with pytest.raises(RecipeError, match="CVAT for video"):
+        list(QuestionsSource(name="v", path=str(tmp_path), annotations="video.xml").read())
