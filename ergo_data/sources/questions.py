@@ -106,9 +106,9 @@ class QuestionsSource(Source):
         exhaustive = p.exhaustive if isinstance(p.exhaustive, bool) else frozenset(p.exhaustive)
         try:
             if fmt in ("jsonl", "coco"):
-                if not isinstance(exhaustive, bool):
-                    raise ValueError("`exhaustive` as a list of labels is for the detection formats; in a jsonl "
-                                     "file give it per line")
+                if not isinstance(exhaustive, bool) or p.classes is not None:
+                    raise ValueError("`exhaustive` as a list of labels and `classes` are for the detection formats; "
+                                     "in a jsonl file give `exhaustive` per line")
                 yield from load_annotated_images(self.annotations_path(), self.root, exhaustive, p.box_source)
                 return
             settings = Settings(self.root, exhaustive, p.box_source,
