@@ -38,7 +38,7 @@ from ergo_data.core.vision import BUDGETS, PATCH
 from ergo_data.pipeline.outputs import read_parts
 from ergo_data.pipeline.recipe import Recipe, build_stage
 from ergo_data.pipeline.recipe_record import RESOLVED_FILE, RecipeRecord, read_recipe_record, run_command
-from ergo_data.stages.filters import AreaParams
+from ergo_data.stages.filters import MIN_ZOOM_GAIN, AreaParams
 
 GAMMA = AreaParams.model_fields["max_frac"].default  # r_box's gamma: the area stage's default bound
 UNKNOWN_LICENSE = "unknown — state it in the recipe (output.license)"
@@ -199,7 +199,7 @@ def visibility_band(recipe: Recipe | None) -> P.Band | None:
                 p = build_stage(spec).params
             except (RecipeError, KeyError):
                 return None
-            return P.Band(p.min_side_px, p.max_side_px, p.max_pixels)
+            return P.Band(p.min_side_px, p.max_side_px, p.max_pixels, p.min_zoom_gain)
     return None
 
 
@@ -307,6 +307,7 @@ def make_plots(out: Path, cols: dict[str, list], stats: dict[str, Any], rejects:
     jobs = [lambda: P.plot_per_source(stats["sources"], rejects, folder),
             lambda: P.plot_area(cols, measured, GAMMA, folder),
             lambda: P.plot_short_side(cols, measured, band, folder),
+            lambda: P.plot_zoom_gain(cols, measured, band, folder),
             lambda: P.plot_tokens(cols, folder),
             lambda: P.plot_questions(cols, folder),
             lambda: P.plot_resolution(cols, folder),
@@ -505,6 +506,10 @@ def _limitations_section(f: dict[str, Any]) -> list[str]:
         lim.append("Not checked against any evaluation set (see below).")
     if f["band"] is None:
         lim.append("No `visibility` stage: nothing guarantees the region needs zoom at the budget.")
+    low = int((P.kept_zoom_gains(cols) < MIN_ZOOM_GAIN).sum())
+    if low:
+        lim.append(f"{low} of {n} samples have a zoom gain under {MIN_ZOOM_GAIN:g}: their full-resolution crop shows "
+                   "little more than the coarse view (`visibility.min_zoom_gain`, docs/generation.md).")
     if not st["invariant"]["ok"]:
         lim.append("**The per-source invariant inputs = kept + rejected is broken: some samples are unaccounted for.**")
     return ["## Known limitations", ""] + [f"- {x}" for x in lim] + [""]

@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ergo_data.core.boxes import Box, Size, rotate_box_with_exif
 from ergo_data.core.imageio import DecodeError, ImageSource, decode_coarse, read_info
-from ergo_data.core.vision import box_size_at_budget, derived_columns, vision_tokens
+from ergo_data.core.vision import BUDGETS, box_size_at_budget, derived_columns, vision_tokens, zoom_gain
 from ergo_data.pipeline.outputs import read_parts
 from ergo_data.stages.decode import boxes_frame, load_image_bytes
 
@@ -384,7 +384,7 @@ def measure_row(row: dict[str, Any]) -> dict[str, Any] | None:
         box = display_box(row, info.size, info.stored_size, info.orientation)
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    return derived_columns(info.size, [box])
+    return {**derived_columns(info.size, [box]), "zoom_gain_1280": zoom_gain(box, info.size, BUDGETS[1280])}
 
 
 def measure_rejects(out: Path, rejects: list[dict[str, Any]], seed: int, prog=None) -> dict[str, Any]:

@@ -24,7 +24,8 @@ matplotlib.use("Agg")  # files only: no display, safe in workers and CI
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ergo_data.core.vision import BUDGETS, PATCH
+from ergo_data.core.boxes import Box
+from ergo_data.core.vision import BUDGETS, PATCH, zoom_gain
 
 KEPT_COLOUR = "#2a7ab0"
 DPI = 100
@@ -45,6 +46,7 @@ class Band:
     lo: float
     hi: float
     max_pixels: int
+    min_zoom_gain: float = 0.0  # the stage's zoom-gain floor (0: not applied)
 
 
 def _save(fig, folder: Path, name: str) -> Path:
@@ -146,6 +148,47 @@ def plot_short_side(kept: dict[str, list], rejected: list[dict[str, Any]], band:
         notes.append(f"visibility band [{band.lo:g}, {band.hi:g}] px is at max_pixels={band.max_pixels}, "
                      "not one of the plotted budgets: not drawn")
     return Plot("box_short_side", "Box short side at the budget", _save(fig, folder, "box_short_side"), notes)
+
+
+def kept_zoom_gains(kept: dict[str, list], max_pixels: int = BUDGETS[1280]) -> np.ndarray:
+    """Zoom gain (``core.vision.zoom_gain``) of each kept row's union box at ``max_pixels``."""
+    out = []
+    for w, h, boxes in zip(kept.get("width", []), kept.get("height", []), kept.get("boxes", [])):
+        if w and h and boxes:
+            g = zoom_gain(Box.union(Box.from_record(b) for b in boxes), (w, h), max_pixels)
+            if g is not None:
+                out.append(g)
+    return np.array(out, dtype=float)
+
+
+def plot_zoom_gain(kept: dict[str, list], rejected: list[dict[str, Any]], band: Band | None,
+                   folder: Path) -> Plot | None:
+    """How much more linear resolution the zoomed crop gives than the coarse view, per item, at 1280 tokens;
+    the visibility stage's ``min_zoom_gain`` marked."""
+    k = kept_zoom_gains(kept)
+    rj = _rejected_by_reason(rejected, "zoom_gain_1280")
+    if not len(k) and not rj:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    allv = [k, *rj.values()]
+    hi = max(float(a.max()) for a in allv if len(a))
+    bins = np.linspace(0.8, max(hi * 1.05, 2.0), _n_bins(sum(map(len, allv))) + 1)
+    _stacked_hist(ax, k, rj, bins)
+    ax.set_xscale("linear")
+    notes = []
+    if band and band.min_zoom_gain and band.max_pixels == BUDGETS[1280]:
+        ax.axvline(band.min_zoom_gain, color="green", linewidth=1.5, label=f"min_zoom_gain = {band.min_zoom_gain:g}")
+    ax.axvline(1.0, color="black", linestyle=":", label="1 = the crop shows nothing new")
+    ax.set(xlabel="zoom gain at 1280 tokens (crop linear resolution / coarse view's)", ylabel="samples",
+           title="Zoom gain per item")
+    _integer_axis(ax.yaxis)
+    _legend_below(ax, ncol=1)
+    if len(k):
+        notes.append(f"kept: median zoom gain {np.median(k):.2f}, range {k.min():.2f} .. {k.max():.2f} (n={len(k)}); "
+                     f"{int((k < 2).sum())} kept below 2 (the crop has under twice the coarse view's resolution)")
+    for name, v in rj.items():
+        notes.append(f"{name}: median {np.median(v):.2f} (n={len(v)})")
+    return Plot("zoom_gain", "Zoom gain per item", _save(fig, folder, "zoom_gain"), notes)
 
 
 def plot_tokens(kept: dict[str, list], folder: Path) -> Plot | None:

@@ -216,6 +216,87 @@ class Box:
         w, h = original_size
         return [self.x1 / w, self.y1 / h, self.x2 / w, self.y2 / h]
 
+    # ---- boundaries of detection-set formats ------------------------------------------------
+    @classmethod
+    def from_xyxy(cls, xyxy: Sequence[Any], what: str = "xyxy box") -> Box:
+        """``[x1, y1, x2, y2]`` absolute pixels given as numbers or numeric strings (Pascal VOC ``bndbox``,
+        CVAT ``xtl/ytl/xbr/ybr``); the error names ``what``.
+
+        >>> Box.from_xyxy(["48", "240", "195", "371"], "VOC bndbox")
+        Box(x1=48.0, y1=240.0, x2=195.0, y2=371.0)
+        """
+        x1, y1, x2, y2 = _finite(xyxy, what)
+        if not (x1 < x2 and y1 < y2):
+            raise BoxError(f"{what}: degenerate or inverted box {[x1, y1, x2, y2]} (need x1 < x2 and y1 < y2)")
+        return cls(x1, y1, x2, y2)
+
+    def to_xyxy(self) -> list[float]:
+        return [self.x1, self.y1, self.x2, self.y2]
+
+    @classmethod
+    def from_voc(cls, xyxy: Sequence[Any]) -> Box:
+        """Pascal VOC ``bndbox`` ``xmin, ymin, xmax, ymax``: absolute pixels, as LabelImg and CVAT write them.
+
+        The original VOC devkit counts pixels from 1; read as edges here, its boxes sit at most 1 px off,
+        within ``box_check``'s tolerance.
+        """
+        return cls.from_xyxy(xyxy, "VOC bndbox")
+
+    def to_voc(self) -> list[float]:
+        return self.to_xyxy()
+
+    @classmethod
+    def from_corners(cls, points: Sequence[Sequence[Any]], what: str = "rectangle") -> Box:
+        """Two opposite corners in any order (LabelMe ``rectangle`` ``points``), absolute pixels.
+
+        >>> Box.from_corners([[195, 371], [48, 240]])
+        Box(x1=48.0, y1=240.0, x2=195.0, y2=371.0)
+        """
+        if len(points) != 2 or not all(isinstance(p, (list, tuple)) and len(p) == 2 for p in points):
+            raise BoxError(f"{what}: expected two [x, y] corners, got {list(points)!r}")
+        xa, ya, xb, yb = _finite([*points[0], *points[1]], what)
+        return cls.from_xyxy([min(xa, xb), min(ya, yb), max(xa, xb), max(ya, yb)], what)
+
+    def to_corners(self) -> list[list[float]]:
+        return [[self.x1, self.y1], [self.x2, self.y2]]
+
+    @classmethod
+    def from_yolo(cls, cxcywh: Sequence[Any], original_size: Size) -> Box:
+        """YOLO ``cx cy w h`` normalised to ``[0, 1]`` by the image's (width, height).
+
+        A value above 1 is a box given in pixels, not normalised: a BoxError says so.
+
+        >>> Box.from_yolo([0.5, 0.5, 0.25, 0.5], (200, 100))
+        Box(x1=75.0, y1=25.0, x2=125.0, y2=75.0)
+        """
+        cx, cy, bw, bh = _finite(cxcywh, "YOLO box")
+        if max(cx, cy, bw, bh) > 1.0 + 1e-6:
+            raise BoxError(f"YOLO box {[cx, cy, bw, bh]} has values above 1: pixels, not normalised cx cy w h")
+        if bw <= 0 or bh <= 0:
+            raise BoxError(f"YOLO box {[cx, cy, bw, bh]}: non-positive width/height")
+        w, h = original_size
+        return cls((cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h)
+
+    def to_yolo(self, original_size: Size) -> list[float]:
+        w, h = original_size
+        return [(self.x1 + self.x2) / 2 / w, (self.y1 + self.y2) / 2 / h, self.width / w, self.height / h]
+
+    @classmethod
+    def from_openimages(cls, xmin_xmax_ymin_ymax: Sequence[Any], original_size: Size) -> Box:
+        """Open Images CSV ``XMin, XMax, YMin, YMax``, normalised to ``[0, 1]`` (note the order).
+
+        >>> Box.from_openimages([0.25, 0.75, 0.5, 1.0], (200, 100))
+        Box(x1=50.0, y1=50.0, x2=150.0, y2=100.0)
+        """
+        x1, x2, y1, y2 = _finite(xmin_xmax_ymin_ymax, "Open Images box")
+        if max(x1, x2, y1, y2) > 1.0 + 1e-6:
+            raise BoxError(f"Open Images box {[x1, x2, y1, y2]} has values above 1: pixels, not normalised")
+        return cls.from_normalized([x1, y1, x2, y2], original_size)
+
+    def to_openimages(self, original_size: Size) -> list[float]:
+        x1, y1, x2, y2 = self.to_normalized(original_size)
+        return [x1, x2, y1, y2]
+
     # ---- boundary: model output on the resized image it saw ----------------------------------
     @classmethod
     def from_model(cls, xyxy: Sequence[Any], resized_size: Size, original_size: Size) -> Box:

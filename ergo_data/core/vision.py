@@ -89,6 +89,32 @@ def crop_vision_tokens(box: Box, size: Size, max_pixels: int) -> int | None:
         return None
 
 
+def zoom_gain(box: Box, size: Size, max_pixels: int) -> float | None:
+    """How many times more linear resolution the region has in its zoomed crop than in the coarse view.
+
+    The coarse view is the whole image resized under ``max_pixels``; the zoom is the full-resolution crop
+    of ``box``, resized under the same budget, and never counted above its native pixels (upsampling a
+    small crop adds no detail). Per axis ``min(crop scale, 1) / coarse scale``; the smaller axis counts.
+    About 1 when the image already fits the budget: zooming then shows nothing new. None when the crop's
+    aspect ratio exceeds what the model accepts.
+
+    >>> round(zoom_gain(Box(2110, 1395, 2228, 1600), (4240, 2832), 1280 * 28 * 28), 2)  # the doll
+    3.33
+    >>> round(zoom_gain(Box(100, 200, 134, 218), (1764, 430), 1280 * 28 * 28), 2)  # a car on a mosaic strip
+    1.0
+    """
+    rw, rh = resized_size(size, max_pixels)
+    x1, y1, x2, y2 = box.integer(size)
+    cw, ch = x2 - x1, y2 - y1
+    try:
+        zw, zh = resized_size((cw, ch), max_pixels)
+    except ValueError:
+        return None
+    gain_x = min(zw / cw, 1.0) / (rw / size[0])
+    gain_y = min(zh / ch, 1.0) / (rh / size[1])
+    return min(gain_x, gain_y)
+
+
 def derived_columns(size: Size | None, boxes: Iterable[Box]) -> dict[str, float | int | None]:
     """The derived columns (docs/design.md: the sample record) of an image of ``size`` and its boxes' union.
 

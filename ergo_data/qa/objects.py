@@ -20,6 +20,7 @@ when every instance of the label is annotated.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -91,6 +92,17 @@ def image_key(relative: str) -> str:
     return str(PurePosixPath(relative).with_suffix(""))
 
 
+def root_key(root: Path, relative: str, resolved: Path) -> str:
+    """Stable key of an image named ``relative`` (absolute or not) whose file is ``resolved`` under ``root``:
+    its path relative to the root, without suffix, symlinks not followed; never an absolute path.
+
+    >>> root_key(Path("/data/set"), "/data/set/DJI-00760/a.jpg", Path("/data/set/DJI-00760/a.jpg"))
+    'DJI-00760/a'
+    """
+    lexical = Path(os.path.normpath(root / relative))
+    return image_key((lexical if lexical.is_relative_to(root) else resolved).relative_to(root).as_posix())
+
+
 def _exhaustive(value: Any, default: bool) -> bool | frozenset[str]:
     if value is None:
         return default
@@ -142,11 +154,12 @@ def _read_objects_jsonl(path: Path, root: Path, exhaustive: bool, default_source
             if not isinstance(rel, str) or not rel:
                 yield LoadProblem(f"line{lineno}", "image_missing", f"{where}: no 'image' path")
                 continue
-            key = image_key(rel)
             image_path = _resolve(root, rel)
             if image_path is None:
-                yield LoadProblem(key, "path_escapes_root", f"{where}: image {rel!r} escapes {root}")
+                yield LoadProblem(image_key(rel), "path_escapes_root", f"{where}: image {rel!r} escapes {root}")
                 continue
+            # from the resolved path: an absolute `image` under the root gives the same id on every machine
+            key = root_key(root, rel, image_path)
             try:
                 objects = [_object(o, i, default_source) for i, o in enumerate(obj.get("objects") or [])]
                 exh = _exhaustive(obj.get("exhaustive"), exhaustive)
@@ -185,11 +198,12 @@ def _read_coco(path: Path, root: Path, exhaustive: bool, default_source: str) ->
     for image_id in sorted(images, key=str):
         im = images[image_id]
         rel = str(im.get("file_name", ""))
-        key = image_key(rel) if rel else f"image{image_id}"
         image_path = _resolve(root, rel) if rel else None
         if image_path is None:
-            yield LoadProblem(key, "path_escapes_root", f"{path.name}: image {image_id} file_name {rel!r} is not under {root}")
+            yield LoadProblem(image_key(rel) if rel else f"image{image_id}", "path_escapes_root",
+                              f"{path.name}: image {image_id} file_name {rel!r} is not under {root}")
             continue
+        key = root_key(root, rel, image_path)
         objects, problem = [], None
         for ann in sorted(by_image.get(image_id, []), key=lambda a: str(a.get("id"))):
             if ann.get("iscrowd"):

@@ -27,10 +27,15 @@ from ergo_data.core.imageio import DecodeError, ImageSource
 from ergo_data.core.schema import BOX_SOURCES, make_row
 from ergo_data.pipeline.contract import Reject, Source, SourceParams
 from ergo_data.pipeline.registry import source_registry
+from ergo_data.qa.detection import FORMATS, FormatError, Settings, read_detection
+from ergo_data.qa.detection_tables import TableColumns
 from ergo_data.qa.objects import AnnotatedImage, LoadProblem, load_annotated_images
 from ergo_data.qa.templates import Question, Skip, colour_questions, counting_questions, spatial_questions
 
 Template = Literal["spatial", "counting", "colour"]
+Format = Literal["auto", "jsonl", "coco", *FORMATS]
+SUFFIX_FORMAT = {".jsonl": "jsonl", ".json": "coco", ".xml": "cvat", ".csv": "openimages", ".yaml": "yolo",
+                 ".yml": "yolo", ".names": "yolo", ".parquet": "parquet"}
 
 
 class TemplateParams(SourceParams):
@@ -49,9 +54,19 @@ class TemplateParams(SourceParams):
 
 
 class QuestionsParams(TemplateParams):
-    annotations: str  # objects .jsonl or COCO .json, relative to `path` (or absolute); images relative to `path`
-    exhaustive: bool = False  # every instance of every label is annotated (a jsonl line's `exhaustive` overrides)
+    # objects .jsonl / COCO .json / CVAT .xml / Open Images .csv file, or the labels folder of a VOC or LabelMe
+    # set, or a YOLO data.yaml / names file; relative to `path` (or absolute); images relative to `path`
+    annotations: str | None = None
+    format: Format = "auto"  # auto: by the suffix of `annotations` (.jsonl, .json = COCO, .xml = CVAT, .csv, .yaml)
+    names: str | None = None  # YOLO data.yaml / names file; Open Images class-descriptions CSV
+    images: str | None = None  # VOC / CVAT / Open Images: the images folder under `path`
+    classes: list[str] | None = None  # the expected class names: any other label is an `unknown_class` reject
+    # true: every instance of every label is annotated; a list: of these labels (a jsonl line's `exhaustive`
+    # overrides). YOLO / VOC sets usually box every instance of their classes.
+    exhaustive: bool | list[str] = False
     box_source: str = "annotation"  # provenance of boxes whose file does not say (annotation/human/...)
+    tolerance_px: float = Field(1.0, ge=0)  # detection formats: a box overshooting by at most this is clamped
+    table: TableColumns | None = None  # format parquet: columns (image, bbox, label, bbox_format, key, images_out)
 
 
 @source_registry.register("questions")
@@ -68,23 +83,54 @@ class QuestionsSource(Source):
             raise RecipeError(f"source {self.name!r}: `templates` is empty (choose from spatial, counting, colour)")
 
     def annotations_path(self) -> Path:
+        if not self.params.annotations:
+            raise RecipeError(f"source {self.name!r}: `annotations` is required for format {self.fmt()!r}")
         p = Path(self.params.annotations).expanduser()
         p = p if p.is_absolute() else self.root / p
         if not p.is_file():
             raise RecipeError(f"source {self.name!r}: annotations file {str(p)!r} does not exist")
         return p
 
-    def read(self) -> Iterator[dict[str, Any] | Reject]:
-        ann = self.annotations_path()
+    def fmt(self) -> str:
+        """The annotation format: as given, else from the suffix of ``annotations``."""
+        if self.params.format != "auto":
+            return self.params.format
+        suffix = Path(self.params.annotations or "").suffix.lower()
+        if suffix not in SUFFIX_FORMAT:
+            raise RecipeError(f"source {self.name!r}: cannot tell the format of annotations "
+                              f"{self.params.annotations!r}: set `format` to one of jsonl, coco, {', '.join(FORMATS)}")
+        return SUFFIX_FORMAT[suffix]
+
+    def annotated_images(self) -> Iterator[AnnotatedImage | LoadProblem]:
+        p, fmt = self.params, self.fmt()
+        exhaustive = p.exhaustive if isinstance(p.exhaustive, bool) else frozenset(p.exhaustive)
         try:
-            items = list(load_annotated_images(ann, self.root, self.params.exhaustive, self.params.box_source))
-        except ValueError as e:
+            if fmt in ("jsonl", "coco"):
+                if not isinstance(exhaustive, bool) or p.classes is not None:
+                    raise ValueError("`exhaustive` as a list of labels and `classes` are for the detection formats; "
+                                     "in a jsonl file give `exhaustive` per line")
+                yield from load_annotated_images(self.annotations_path(), self.root, exhaustive, p.box_source)
+                return
+            settings = Settings(self.root, exhaustive, p.box_source,
+                                frozenset(p.classes) if p.classes is not None else None, p.tolerance_px,
+                                stored_frame=p.boxes_frame == "stored")
+            yield from read_detection(fmt, self.root, p.annotations, names=p.names, images=p.images,
+                                      settings=settings, table=p.table)
+        except (ValueError, FormatError) as e:
             raise RecipeError(f"source {self.name!r}: {e}") from None
-        for item in items:
+
+    def read(self) -> Iterator[dict[str, Any] | Reject]:
+        fmt = self.fmt()
+        origin: dict[str, Any] = {"reader": "questions"}
+        if fmt in ("jsonl", "coco"):
+            origin["annotations"] = self.annotations_path().name
+        else:
+            origin["format"] = fmt
+        for item in list(self.annotated_images()):
             if isinstance(item, LoadProblem):
                 yield self.reject(item.key, item.reason, item.detail)
                 continue
-            yield from self.questions_for(item, {"reader": "questions", "annotations": ann.name})
+            yield from self.questions_for(item, origin)
 
     def questions_for(self, image: AnnotatedImage, origin: dict[str, Any], needs_review: bool = False
                       ) -> Iterator[dict[str, Any] | Reject]:

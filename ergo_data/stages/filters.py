@@ -13,12 +13,16 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from pydantic import Field
+
 from ergo_data.core.boxes import Box, BoxError
 from ergo_data.core.errors import RecipeError
 from ergo_data.core.schema import BOX_SOURCES
-from ergo_data.core.vision import BUDGETS, box_short_side_at_budget, derived_columns
+from ergo_data.core.vision import BUDGETS, box_short_side_at_budget, derived_columns, zoom_gain
 from ergo_data.pipeline.contract import Params, Reject, RowStage
 from ergo_data.pipeline.registry import stage_registry
+
+MIN_ZOOM_GAIN = 1.5
 
 
 def row_boxes(row: dict[str, Any]) -> list[Box]:
@@ -103,11 +107,24 @@ class VisibilityParams(Params):
     max_pixels: int = BUDGETS[1280]  # the coarse budget the model sees (N * 28 * 28)
     min_side_px: float = 8.0  # below this the region may not even be findable
     max_side_px: float = 56.0  # above this it is legible without zooming
+    # the region's zoomed crop must have at least this many times its linear resolution in the coarse view
+    # (core.vision.zoom_gain); 0 turns the check off. Default: docs/generation.md, "Zoom gain".
+    min_zoom_gain: float = Field(MIN_ZOOM_GAIN, ge=0)
 
 
 @stage_registry.register("visibility")
 class VisibilityStage(RegionFilter):
-    """Keep samples whose union box short side at the budget lies in [min_side_px, max_side_px]."""
+    """Keep samples whose union box short side at the budget lies in [min_side_px, max_side_px] and whose
+    zoomed crop has at least ``min_zoom_gain`` times the region's resolution in the coarse view.
+
+    >>> import pyarrow as pa
+    >>> car = {"x1": 100.0, "y1": 200.0, "x2": 200.0, "y2": 254.0, "label": "car", "source": "annotation"}
+    >>> rows = [{"id": f"s/{w}", "source": "s", "width": w, "height": h, "boxes": [car]}
+    ...         for w, h in [(1764, 430), (4000, 2250)]]  # a mosaic strip that fits the budget; a drone photo
+    >>> res = VisibilityStage().process(pa.Table.from_pylist(rows))
+    >>> res.kept.column("id").to_pylist(), res.rejected[0]["reason"]
+    (['s/4000'], 'zoom_adds_no_detail')
+    """
 
     Params = VisibilityParams
 
@@ -125,6 +142,12 @@ class VisibilityStage(RegionFilter):
         if side > p.max_side_px:
             return Reject(row, "region_legible_without_zoom", f"box short side {side:.1f} px at max_pixels="
                           f"{p.max_pixels} > {p.max_side_px} px: answerable without zooming")
+        if p.min_zoom_gain:
+            gain = zoom_gain(region, (row["width"], row["height"]), p.max_pixels)
+            if gain is not None and gain < p.min_zoom_gain:
+                return Reject(row, "zoom_adds_no_detail", f"zoom gain {gain:.2f} < {p.min_zoom_gain:g}: the "
+                              f"{row['width']}x{row['height']} image is seen at max_pixels={p.max_pixels} with "
+                              f"{1 / gain:.0%} of its crop's linear resolution: zooming shows little new")
         return None
 
 

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,10 +26,11 @@ from ergo_data.card.gallery import safe_tile, tile_width
 from ergo_data.cli.app import app
 from ergo_data.core.boxes import Box
 from ergo_data.core.schema import LABELS_SCHEMA, make_row
-from ergo_data.core.vision import BUDGETS
+from ergo_data.core.vision import BUDGETS, zoom_gain
 from ergo_data.pipeline.executor.local import run_pipeline
 from ergo_data.pipeline.recipe import parse_recipe
 from ergo_data.pipeline.recipe_record import legacy_overrides, read_recipe_record
+from ergo_data.stages.filters import MIN_ZOOM_GAIN
 from tests.support.paths import ROOT
 
 DEMO = ROOT / "pipelines" / "demo.yaml"
@@ -146,6 +148,17 @@ def test_recipe_embedded_verbatim_and_no_contamination_check(card_dir):
     _, _, _, text = card_dir
     assert DEMO.read_text(encoding="utf-8").rstrip() in text
     assert "None performed: the recipe has no `decontaminate` stage" in text
+
+
+def test_zoom_gain_plot_and_limitation_match_the_kept_rows(card_dir):
+    """The demo keeps its 1024x682 aerial cars (min_zoom_gain: 0): the card says how many kept items gain
+    under the default from zooming, and the zoom-gain plot's note gives the kept median."""
+    out, _, kept, text = card_dir
+    gains = sorted(zoom_gain(Box.union(Box.from_record(b) for b in r["boxes"]), (r["width"], r["height"]),
+                             BUDGETS[1280]) for r in kept.values())
+    low = sum(g < MIN_ZOOM_GAIN for g in gains)
+    assert low and f"{low} of {len(kept)} samples have a zoom gain under {MIN_ZOOM_GAIN:g}" in text
+    assert f"kept: median zoom gain {statistics.median(gains):.2f}" in text and (out / "plots" / "zoom_gain.png").is_file()
 
 
 def test_label_agreement_numbers(card_dir):

@@ -139,3 +139,43 @@ def test_exif_rotation_matches_pillow_pixels(orientation):
     rb = rotate_box_with_exif(box, img.size, orientation)
     bbox = shown.getbbox()
     assert bbox == tuple(int(v) for v in rb.as_tuple())
+
+
+# ---- detection-set formats (YOLO, Pascal VOC, LabelMe, CVAT, Open Images) --------------------------
+@given(box_in_image())
+def test_yolo_round_trip(bs):
+    box, size = bs
+    v = box.to_yolo(size)
+    assert all(0 <= x <= 1 for x in v)
+    assert close(Box.from_yolo(v, size), box, 1e-6 * max(size))
+
+
+@given(box_in_image())
+def test_openimages_round_trip(bs):
+    box, size = bs
+    v = box.to_openimages(size)
+    assert v[0] < v[1] and v[2] < v[3]  # XMin < XMax, YMin < YMax
+    assert close(Box.from_openimages(v, size), box, 1e-6 * max(size))
+
+
+@given(box_in_image(), st.booleans())
+def test_voc_corners_xyxy_round_trip(bs, swap):
+    box, _ = bs
+    tol = 1e-9 * max(box.x2, box.y2, 1)
+    assert close(Box.from_voc(box.to_voc()), box, tol)
+    assert close(Box.from_xyxy([str(v) for v in box.to_xyxy()]), box, tol)
+    corners = box.to_corners()
+    assert close(Box.from_corners(corners[::-1] if swap else corners), box, tol)
+
+
+def test_pixels_given_as_normalised_and_bad_corners_are_errors():
+    with pytest.raises(BoxError, match="pixels, not normalised"):
+        Box.from_yolo([320, 240, 50, 40], (640, 480))
+    with pytest.raises(BoxError, match="pixels, not normalised"):
+        Box.from_openimages([10, 50, 10, 50], (640, 480))
+    with pytest.raises(BoxError, match="non-positive"):
+        Box.from_yolo([0.5, 0.5, 0.0, 0.2], (640, 480))
+    with pytest.raises(BoxError, match="two"):
+        Box.from_corners([[1, 2], [3, 4], [5, 6]])
+    with pytest.raises(BoxError, match="VOC bndbox.*degenerate"):
+        Box.from_voc([10, 10, 10, 20])

@@ -63,7 +63,7 @@ def recipe_path(tmp_path_factory):
                     {"type": "coco", "name": "terrain", "path": str(EXAMPLES / "coco"),
                      "annotations": "terrain2_coco.json"}],
         "stages": [{"type": "decode"}, {"type": "box_check"},
-                   {"type": "visibility", "min_side_px": 4, "max_side_px": 60},
+                   {"type": "visibility", "min_side_px": 4, "max_side_px": 60, "min_zoom_gain": 0},  # 448x336 images
                    {"type": "dedup"}, {"type": "split", "val": 0.2, "test": 0.2}],
         "output": {"chunk_rows": 2, "shard_rows": 10, "plots": False},
     }
