@@ -23,7 +23,7 @@ T = TypeVar("T")
 BUILTIN_MODULES = (
     "ergo_data.sources.vstar", "ergo_data.sources.coco", "ergo_data.sources.jsonl",
     "ergo_data.sources.synthetic", "ergo_data.sources.ocr_docs", "ergo_data.sources.detector",
-    "ergo_data.sources.parquet",
+    "ergo_data.sources.parquet", "ergo_data.sources.landmarks",
     "ergo_data.sources.questions",
     "ergo_data.stages.decode", "ergo_data.stages.filters", "ergo_data.stages.dedup",
     "ergo_data.stages.sql", "ergo_data.stages.split", "ergo_data.stages.labels",

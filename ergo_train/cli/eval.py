@@ -26,8 +26,9 @@ def register(app: typer.Typer) -> None:
 @eval_app.callback(invoke_without_command=True)
 def eval_command(
     ctx: typer.Context,
-    bench: Annotated[str | None, typer.Option("--bench", help="vstar, hrbench, mme, or a VLMEvalKit TSV by its "
-                                              "dataset name: VStarBench, HRBench4K, HRBench8K, MME-RealWorld")] = None,
+    bench: Annotated[str | None, typer.Option("--bench", help="vstar, hrbench, mme, curated (a set `ergo run` "
+                                              "wrote), or a VLMEvalKit TSV by its dataset name: VStarBench, "
+                                              "HRBench4K, HRBench8K, MME-RealWorld")] = None,
     path: Annotated[Path | None, typer.Option("--path", help="V* folder, a VLMEvalKit .tsv (or folder), MME json "
                                               "(or folder)")] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="output folder: results.jsonl, report.md, plot, "
@@ -43,6 +44,8 @@ def eval_command(
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=4 * 28 * 28, help="pixel budget of every image "
                                             "shown (1003520 = 1280*28*28, ERGO's main budget)")] = 1280 * 28 * 28,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="first N items only")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="--bench curated: one split of the set (train, "
+                                              "val, test)")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="per generation (per turn)")] = 256,
     timeout: Annotated[float | None, typer.Option("--timeout", min=0.0, help="seconds per item and mode (and per "
                                                   "request when served); slower items count as WRONG")] = None,
@@ -104,7 +107,7 @@ def eval_command(
         task = progress.task(f"{bench} x {','.join(modes)} (records)")
         try:  # ValueError: a mode the bench cannot run (oracle_crop without boxes)
             with cli_errors(usage=(ValueError,)):
-                paths = run_eval(bench, path, model, modes, out, settings=settings, limit=limit,
+                paths = run_eval(bench, path, model, modes, out, settings=settings, limit=limit, split=split,
                                  seeds=range(seed, seed + seeds), shuffle=shuffle, device=device, dtype=dtype,
                                  chat=chat, on_record=lambda rec: progress.advance(task))
         finally:
@@ -168,13 +171,16 @@ def print_summary(summary_path: Path) -> None:
         return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
 
     table = Table(title="accuracy (every failure counted wrong; 95% Wilson CI)")
-    for col in ("mode", "n", "acc %", "95% CI %", "Avg@K (sd)", "VLMEvalKit rule %", "failed", "tokens", "s/item"):
+    for col in ("mode", "n", "acc %", "95% CI %", "Avg@K (sd)", "VLMEvalKit rule %", "parsed %", "failed", "tokens",
+                "hit %", "area %", "s/item"):
         table.add_column(col)
     for m, s in summary["modes"].items():
         k, vl = summary["seeds"][m], summary["vlmeval"][m]
         table.add_row(m, str(s["n"]), pct(s["accuracy"]), f"{pct(s['ci_low'])}–{pct(s['ci_high'])}",
                       f"{pct(k['mean'])} ({pct(k['std'])}) K={k['k']}", pct((vl["vlmeval_rule"] or {}).get("overall")),
-                      str(s["n_failed"]), "–" if s["vision_tokens_mean"] is None else f"{s['vision_tokens_mean']:.0f}",
+                      pct(s.get("parseable")), str(s["n_failed"]),
+                      "–" if s["vision_tokens_mean"] is None else f"{s['vision_tokens_mean']:.0f}",
+                      pct(s.get("region_hit_rate")), pct(s.get("box_area_frac_mean")),
                       "–" if s["wall_s_mean"] is None else f"{s['wall_s_mean']:.2f}")
     console.print(table)
     ratio = summary.get("comparisons", {}).get("token_ratio_c2f_over_full")

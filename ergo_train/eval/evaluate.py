@@ -45,6 +45,7 @@ from ergo_train.rollout.parsing import parse_answer
 from ergo_train.rollout.zoom import budget_max_pixels, coarse_view, crop_at_budget
 
 MODES = ("direct", "coarse_to_fine", "oracle_crop", "direct_full")
+REGION_HIT_COVER = 0.9  # a zoom "hits" when its crop holds this share of the ground-truth region (the stored judge's)
 FULL_RES_MAX_PIXELS = budget_max_pixels(16384)  # Qwen2.5-VL's own default max_pixels
 MATCHER = "ergo rule matcher (ergo_train.rollout.matching.answer_matches on parsing.parse_answer's <answer>, else the whole output)"
 
@@ -160,6 +161,7 @@ def _run_coarse_to_fine(item: BenchItem, image: Image.Image, chat: ChatBackend, 
         "zoom_error": "no zoom call in turn 1" if zoom is None else zoom.error,
         "pred_box": list(pred.as_tuple()) if pred else None,
         "iou": (pred.iou(gt) if pred else 0.0) if gt else None,
+        "region_hit": (bool(pred and pred.intersection_area(gt) >= REGION_HIT_COVER * gt.area)) if gt else None,
         "box_area_frac": zoom.area_frac if zoom is not None else None,
         "vision_tokens": sum(res.vision_tokens), "vision_tokens_turns": list(res.vision_tokens),
         "generated_tokens": res.generated_tokens,
@@ -302,7 +304,7 @@ def run_eval(bench: str, path: str | Path, model_name: str, modes: list[str], ou
              settings: EvalSettings | None = None, limit: int | None = None, seeds: Sequence[int] = (0,),
              shuffle: bool | None = None, device: str = "auto", dtype: str = "auto",
              model_and_processor: tuple[Any, Any] | None = None, chat: ChatBackend | None = None,
-             on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Path]:
+             on_record: Callable[[dict[str, Any]], None] | None = None, split: str | None = None) -> dict[str, Path]:
     """Run ``modes`` of ``model_name`` on ``bench`` once per seed; write ``results.jsonl`` (streamed), the
     VLMEvalKit-layout predictions (``vlmeval/``) and the report.
 
@@ -320,7 +322,7 @@ def run_eval(bench: str, path: str | Path, model_name: str, modes: list[str], ou
         raise ValueError(f"oracle_crop needs ground-truth boxes and {bench} has none (only "
                          f"{', '.join(BENCHES_WITH_BOXES)})")
     seeds = list(seeds) or [0]
-    first_items = iter(load_bench(bench, path, shuffle_seed=seeds[0], shuffle=shuffle, limit=limit))
+    first_items = iter(load_bench(bench, path, shuffle_seed=seeds[0], shuffle=shuffle, limit=limit, split=split))
     first = next(first_items, None)  # reads the header / first item now: input errors before the model loads
     if chat is None:
         budget = max([settings.max_pixels] + ([settings.full_max_pixels] if "direct_full" in modes else []))
@@ -344,12 +346,12 @@ def run_eval(bench: str, path: str | Path, model_name: str, modes: list[str], ou
 
         for n, seed in enumerate(seeds):
             items = itertools.chain([first] if first is not None else [], first_items) if n == 0 else \
-                load_bench(bench, path, shuffle_seed=seed, shuffle=shuffle, limit=limit)
+                load_bench(bench, path, shuffle_seed=seed, shuffle=shuffle, limit=limit, split=split)
             records += evaluate(items, chat, modes, settings, on_record=write, seed=seed)
     _, dataset, _, default_shuffle = BENCH_PROFILES[bench]
     shuffled = default_shuffle if shuffle is None else shuffle
     n_items = len(records) // max(len(modes) * len(seeds), 1)
-    meta = {"bench": bench, "path": str(path), "model": model_name, "backend": backend, "modes": ", ".join(modes),
+    meta = {"bench": bench, "path": str(path) + (f" (split {split})" if split else ""), "model": model_name, "backend": backend, "modes": ", ".join(modes),
             "items": n_items,
             "malformed items": sum(r["status"] == "bad_item" for r in records) // max(len(modes) * len(seeds), 1),
             "seeds": ", ".join(map(str, seeds)), "max_pixels": settings.max_pixels,

@@ -11,6 +11,8 @@ evaluator counts them as WRONG in every mode.
   (``hrbench`` = ``HRBench4K``, ``tsv`` = any such TSV): ``index, question, answer (letter), category,
   A, B, C, D[, E], image`` (base64; a short number instead refers to the image of that ``index``), optional
   ``cycle_category`` / ``l2-category``. The file fixes the letters (only ``VStarBench`` is shuffled by default).
+- ``curated``: a curated set of this project (an ``ergo run`` output folder, or a folder / glob of its Parquet
+  shards), optionally one ``split``: its multiple-choice rows with their boxes, letters as stored (no shuffle).
 - ``mme``: MME-RealWorld's json list (``Question_id, Image, Text, Answer choices ["(A) ...", ...],
   Ground truth, Task, Subtask, Category``) with ``Image`` relative to the json's folder.
 
@@ -52,9 +54,10 @@ BENCH_PROFILES: dict[str, tuple[str, str | None, str, bool]] = {
     "MME-RealWorld": ("tsv", "MME-RealWorld", "mme", False),
     "MME-RealWorld-Lite": ("tsv", "MME-RealWorld-Lite", "mme", False),
     "tsv": ("tsv", None, "plain", False),
+    "curated": ("curated", None, "plain", False),
 }
 BENCHES = tuple(BENCH_PROFILES)
-BENCHES_WITH_BOXES = ("vstar",)  # ground-truth boxes: IoU and oracle_crop
+BENCHES_WITH_BOXES = ("vstar", "curated")  # ground-truth boxes: IoU, region hits and oracle_crop
 LETTERS = "ABCDEFGHIJ"
 TSV_REQUIRED = ("index", "question", "answer", "image", "A", "B")
 MME_REQUIRED = ("Question_id", "Image", "Text", "Answer choices", "Ground truth")
@@ -119,12 +122,13 @@ class BadItem:
 
 
 def load_bench(bench: str, path: str | Path, *, shuffle_seed: int | None = 0, shuffle: bool | None = None,
-               limit: int | None = None) -> Iterator[BenchItem | BadItem]:
+               limit: int | None = None, split: str | None = None) -> Iterator[BenchItem | BadItem]:
     """Yield the items of ``bench`` (one of ``BENCHES``) under ``path``; ``limit`` keeps the first N.
 
     ``shuffle`` (None: the bench's default, on for V* only) reorders each item's options with ``shuffle_seed``
     (per item, ``ergo_data.qa.choices.shuffled_options``) and records the order in ``option_order``.
-    Raises BenchFormatError when the input as a whole is unusable (path missing, header wrong...).
+    ``split`` keeps one split of a ``curated`` set. Raises BenchFormatError when the input as a whole is unusable
+    (path missing, header wrong...).
     """
     root = Path(path).expanduser()
     if bench not in BENCH_PROFILES:
@@ -134,8 +138,10 @@ def load_bench(bench: str, path: str | Path, *, shuffle_seed: int | None = 0, sh
     reader, _, _, default_shuffle = BENCH_PROFILES[bench]
     seed = shuffle_seed if (default_shuffle if shuffle is None else shuffle) else None
     prefix = bench.lower()
+    if split is not None and reader != "curated":
+        raise BenchFormatError(f"{bench}: --split applies to a curated set only")
     readers = {"vstar": lambda: load_vstar(root, seed), "tsv": lambda: load_tsv(root, prefix, bench),
-               "mme": lambda: load_mme(root)}
+               "mme": lambda: load_mme(root), "curated": lambda: load_curated_items(root, split)}
     for n, item in enumerate(readers[reader]()):
         if limit is not None and n >= limit:
             return
@@ -189,6 +195,40 @@ def load_vstar(root: Path, shuffle_seed: int | None = 0) -> Iterator[BenchItem |
         )
     if not found:
         raise BenchFormatError(f"vstar: no *.json items under {str(root)!r}")
+
+
+# ---- a curated set of this project ---------------------------------------------------------------
+def load_curated_items(root: Path, split: str | None = None) -> Iterator[BenchItem | BadItem]:
+    """The multiple-choice rows of a curated set (``DIR/data/*.parquet``, ``DIR/*.parquet`` or one file), in file
+    order; ``split`` keeps one split. A row without options, a valid letter or an image is a BadItem."""
+    import pyarrow.parquet as pq
+
+    files = [root] if root.is_file() else sorted(root.glob("data/*.parquet")) or sorted(root.glob("*.parquet"))
+    if not files:
+        raise BenchFormatError(f"curated: no Parquet shards under {str(root)!r} (an `ergo run` output folder?)")
+    found = 0
+    for f in files:
+        for row in pq.read_table(f).to_pylist():
+            if split is not None and row.get("split") != split:
+                continue
+            found += 1
+            item_id, category = str(row.get("id")), row.get("category")
+            options, letter = list(row.get("options") or []), row.get("answer_letter")
+            image = row.get("image") or {}
+            if not options or not letter or letter not in LETTERS[: len(options)]:
+                yield BadItem(item_id, "curated", "bad_options", f"{f.name}: options {options}, letter {letter!r}",
+                              category)
+                continue
+            if not image.get("bytes") and not image.get("path"):
+                yield BadItem(item_id, "curated", "image_missing", f"{f.name}: the row has no image", category)
+                continue
+            yield BenchItem(id=item_id, bench="curated", question=row["question"], options=options,
+                            answer_letter=letter, category=category,
+                            boxes=[Box.from_record(b) for b in row.get("boxes") or []],
+                            image_path=image.get("path"), image_bytes=image.get("bytes"),
+                            provenance={"file": f.name, "split": row.get("split")})
+    if not found:
+        raise BenchFormatError(f"curated: no rows{f' with split {split!r}' if split else ''} under {str(root)!r}")
 
 
 # ---- VLMEvalKit TSVs (HR-Bench, VStarBench, MME-RealWorld) ------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ def group_stats(records: list[Mapping[str, Any]]) -> dict[str, Any]:
         "wall_s_mean": _mean(r.get("wall_s") for r in records),
         "iou_mean": _mean(r["iou"] for r in with_box), "n_iou": len(with_box),
         "box_area_frac_mean": _mean(r.get("box_area_frac") for r in records),
+        "parseable": sum(1 for r in records if r.get("status") == "ok") / n if n else math.nan,
+        "region_hit_rate": _mean(float(r["region_hit"]) for r in records if r.get("region_hit") is not None),
         "zoom_failed": sum(1 for r in records if r.get("zoom_ok") is False),
         "vision_tokens_turn1_mean": _mean(t[0] for t in turns if t),
         "vision_tokens_turn2_mean": _mean(t[1] for t in turns if len(t) > 1),
@@ -140,6 +142,29 @@ def comparisons(modes: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def mcnemar(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Exact McNemar test of two runs on the same items (paired by ``id`` and ``seed``): ``b_only`` items only ``b``
+    got right, ``a_only`` only ``a``; ``p`` is the two-sided binomial p of the discordant pairs (1.0 when none).
+
+    >>> a = [{"id": str(i), "correct": i < 5} for i in range(20)]
+    >>> b = [{"id": str(i), "correct": i < 14} for i in range(20)]
+    >>> r = mcnemar(a, b); r["n"], r["a_only"], r["b_only"], round(r["p"], 4)
+    (20, 0, 9, 0.0039)
+    """
+    from scipy.stats import binomtest
+
+    def key(r: Mapping[str, Any]) -> tuple[Any, Any]:
+        return (r["id"], r.get("seed", 0))
+
+    right_a = {key(r): bool(r.get("correct")) for r in a}
+    right_b = {key(r): bool(r.get("correct")) for r in b}
+    both = sorted(set(right_a) & set(right_b))
+    a_only = sum(1 for k in both if right_a[k] and not right_b[k])
+    b_only = sum(1 for k in both if right_b[k] and not right_a[k])
+    p = float(binomtest(b_only, a_only + b_only).pvalue) if a_only + b_only else 1.0
+    return {"n": len(both), "a_only": a_only, "b_only": b_only, "p": p}
+
+
 def _fmt(v: Any, digits: int = 1, pct: bool = False) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -191,8 +216,8 @@ def render_markdown(summary: Mapping[str, Any], records: list[Mapping[str, Any]]
               "## Accuracy per mode", "",
               ("| mode | n | correct | accuracy % | 95% CI % | failed (counted wrong) | vision tokens / item "
                "| wall s / item | IoU with GT box (n) | box area frac | zoom failed | tokens turn 1 / turn 2 "
-               "| latency s p50 / p90 | VLMEvalKit rule acc % |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+               "| latency s p50 / p90 | VLMEvalKit rule acc % | parsed % | region hit % |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for mode, s in summary["modes"].items():
         failed = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "0"
         lines.append(
@@ -201,11 +226,13 @@ def render_markdown(summary: Mapping[str, Any], records: list[Mapping[str, Any]]
             f"{_fmt(s['vision_tokens_mean'], 0)} | {_fmt(s['wall_s_mean'], 2)} | "
             f"{_fmt(s['iou_mean'], 3)} ({s['n_iou']}) | {_fmt(s['box_area_frac_mean'], 3)} | {s['zoom_failed']} | "
             f"{_fmt(s['vision_tokens_turn1_mean'], 0)} / {_fmt(s['vision_tokens_turn2_mean'], 0)} | "
-            f"{_fmt(s['wall_s_p50'], 2)} / {_fmt(s['wall_s_p90'], 2)} | {_fmt(s['vlmeval_accuracy'], pct=True)} |")
+            f"{_fmt(s['wall_s_p50'], 2)} / {_fmt(s['wall_s_p90'], 2)} | {_fmt(s['vlmeval_accuracy'], pct=True)} | "
+            f"{_fmt(s.get('parseable'), pct=True)} | {_fmt(s.get('region_hit_rate'), pct=True)} |")
     lines += ["", ("Vision tokens and wall time are means over the items that reached inference (turn 2: over the "
               "items that zoomed); IoU is over the items with a ground-truth box (a missing or malformed zoom box "
               "counts as IoU 0); box area frac is the area of the region shown in the answer turn over the image "
-              f"area (1 = whole image). Scored by {meta.get('matcher', 'the ergo rule matcher')}; the last column "
+              "area (1 = whole image); parsed is the share whose answer was read; a region hit is a zoom whose crop "
+              "holds at least 90% of the ground-truth region. Scored by {meta.get('matcher', 'the ergo rule matcher')}; the last column "
               "re-scores the same outputs with VLMEvalKit's rule matcher."), ""]
     comp = summary.get("comparisons") or {}
     if comp:

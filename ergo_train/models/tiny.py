@@ -31,9 +31,10 @@ from pathlib import Path
 from ergo_train.models.processor import make_processor, save_processor
 
 TINY_NAME = "tiny"
-# Named sizes: (text hidden size, attention heads). "tiny" is the tests' model; "tiny-wide" has the capacity to
-# learn the two-turn episode's structure on CPU in minutes (benchmarks/learning.py).
-TINY_SIZES = {"tiny": (32, 2), "tiny-wide": (64, 4)}
+# Named sizes: (text hidden size, attention heads, text layers, vision hidden size). "tiny" is the tests' model;
+# "tiny-wide" has the capacity to learn the two-turn episode's structure on CPU in minutes (benchmarks/learning.py);
+# "tiny-mini" (~1 M parameters) learns where to look and what the crop shows (benchmarks/miniature.py).
+TINY_SIZES = {"tiny": (32, 2, 2, 32), "tiny-wide": (64, 4, 2, 32), "tiny-mini": (128, 8, 4, 64)}
 TINY_VERSION = 1  # bump when the tiny architecture, tokenizer corpus or processor changes
 TINY_VOCAB_SIZE = 640
 SPECIAL_TOKENS = (  # Qwen2.5-VL's special tokens, in Qwen's order
@@ -101,21 +102,23 @@ def build_tokenizer(directory: Path | None = None):
 
 
 def tiny_config(tokenizer, name: str = TINY_NAME):
-    """The tiny Qwen2.5-VL config: 2 text layers (hidden 32; 64 for "tiny-wide"), 2 vision blocks (hidden 32),
-    14-px patches. Heads keep head_dim 16, so Qwen's mrope sections stay as they are."""
-    hidden, heads = TINY_SIZES[name]
+    """The tiny Qwen2.5-VL config: 2 text layers (hidden 32; 64 for "tiny-wide"; 4 layers of 128 for "tiny-mini"),
+    2 vision blocks (hidden 32; 64 for "tiny-mini"), 14-px patches. Heads keep head_dim 16, so Qwen's mrope sections
+    stay as they are."""
+    hidden, heads, layers, vision_hidden = TINY_SIZES[name]
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     text = {
-        "vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": 2,
+        "vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
         "num_attention_heads": heads, "num_key_value_heads": heads // 2, "max_position_embeddings": 4096,
         # mrope_section sums to head_dim / 2 (head_dim = hidden / heads = 16)
         "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
         "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
-    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "out_hidden_size": hidden,
+    vision = {"depth": 2, "hidden_size": vision_hidden, "intermediate_size": 2 * vision_hidden,
+              "num_heads": vision_hidden // 16, "out_hidden_size": hidden,
               "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 112,
               "fullatt_block_indexes": [1]}
     return Qwen2_5_VLConfig(

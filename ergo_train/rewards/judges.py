@@ -433,7 +433,8 @@ def _label_rows(labels: Any) -> list[Mapping[str, Any]]:
         path = Path(labels)
         if not path.exists():
             raise JudgeConfigError(f"labels file {path} does not exist")
-        return pq.read_table(path).to_pylist()
+        return labels_from_boxes(pq.read_table(path / "data").to_pylist(), "curated-box") if path.is_dir() \
+            else pq.read_table(path).to_pylist()  # a curated set's folder: its own boxes are the labels
     if hasattr(labels, "to_pylist"):
         return labels.to_pylist()
     return list(labels)

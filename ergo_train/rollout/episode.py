@@ -134,5 +134,17 @@ class EpisodeRenderer:
         mask = [0] * len(prompt_ids) + [1] * len(turn1) + [0] * len(suffix) + [1] * len(turn2)
         return Episode(ids, mask, len(prompt_ids), turn1, suffix, turn2, [view, blocks[0]["image"]], blocks, text1)
 
+    def render_single(self, row: Mapping[str, Any], image: Image.Image, answer: str) -> Episode:
+        """A one-turn episode as the evaluation's ``direct`` / ``direct_full`` / ``oracle_crop`` modes prompt it: one
+        user turn (``image``, then the question with its options) with the processor's template, then ``answer``."""
+        from ergo_train.rollout.env import turn2_text
+
+        messages = [{"role": "user", "content": [{"type": "image", "image": image},
+                                                 {"type": "text", "text": turn2_text(row["question"], row.get("options"))}]}]
+        prompt = list(self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=True)["input_ids"][0])
+        turn = self._ids(answer + "<|im_end|>")
+        return Episode(prompt + turn, [0] * len(prompt) + [1] * len(turn), len(prompt), [], [], turn, [image], [], "")
+
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

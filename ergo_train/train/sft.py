@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -46,6 +46,11 @@ class SftRecipe(ModelRecipe):
     snap_to_patches: bool = True  # widen the box outward to the 28-px patch grid of the coarse view
     reasoning: str = DEFAULT_REASONING  # turn 1's reasoning line
     cache_episodes: int = Field(256, ge=0)  # rendered episodes kept in memory (small sets: every one, once)
+    # one-turn episodes in the evaluation's other modes, beside the two-turn one: each row is trained once per mode
+    # (``direct``: the coarse view; ``direct_full``: the image at ``full_budget_tokens``; ``oracle_crop``: the
+    # ground-truth box cropped at the budget), so those baselines answer in a format that parses
+    modes: list[Literal["coarse_to_fine", "direct", "direct_full", "oracle_crop"]] = ["coarse_to_fine"]  # noqa: RUF012
+    full_budget_tokens: int = Field(16384, gt=0)  # ``direct_full``'s budget (evaluation's default)
     output_dir: str = "out/sft"
     sft: dict[str, Any] = Field(default_factory=dict)  # any trl.SFTConfig field
 
@@ -94,17 +99,33 @@ class EpisodeCollator:
         self._episodes: OrderedDict[str, Episode] = OrderedDict()
 
     def episode(self, row: Mapping[str, Any]) -> Episode:
-        key = str(row.get("id"))
+        mode = row.get("sft_mode") or "coarse_to_fine"
+        key = f"{row.get('id')}|{mode}"
         if key in self._episodes:
             self._episodes.move_to_end(key)
             return self._episodes[key]
-        zoom = sft_zoom(row, self.renderer.max_pixels, self.recipe.margin, self.recipe.min_region,
-                        self.recipe.snap_to_patches)
-        episode = self.renderer.render(row, zoom, answer_turn(row), self.recipe.reasoning)
+        if mode == "coarse_to_fine":
+            zoom = sft_zoom(row, self.renderer.max_pixels, self.recipe.margin, self.recipe.min_region,
+                            self.recipe.snap_to_patches)
+            episode = self.renderer.render(row, zoom, answer_turn(row), self.recipe.reasoning)
+        else:
+            episode = self.renderer.render_single(row, self.single_view(row, mode), answer_turn(row))
         self._episodes[key] = episode
         while len(self._episodes) > self.recipe.cache_episodes:
             self._episodes.popitem(last=False)
         return episode
+
+    def single_view(self, row: Mapping[str, Any], mode: str) -> Any:
+        """The image a one-turn mode shows, exactly as ``ergo_train.eval.evaluate`` builds it."""
+        from ergo_data.core.vision import budget_pixels
+        from ergo_train.rollout.env import row_source
+        from ergo_train.rollout.zoom import coarse_view, crop_at_budget
+
+        image = row_source(row["image"])
+        if mode == "oracle_crop":
+            return crop_at_budget(image, region_of(row), self.renderer.max_pixels)
+        budget = budget_pixels(self.recipe.full_budget_tokens) if mode == "direct_full" else self.renderer.max_pixels
+        return coarse_view(image, budget)[0]
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         import torch
@@ -126,6 +147,18 @@ class EpisodeCollator:
         return {"input_ids": ids, "attention_mask": attention, "labels": labels,
                 "mm_token_type_ids": (ids == self.image_token_id).long(),
                 "pixel_values": vision["pixel_values"], "image_grid_thw": vision["image_grid_thw"]}
+
+
+def with_modes(dataset: Any, modes: Sequence[str]) -> Any:
+    """The rows once per mode, with the mode in ``sft_mode`` (one mode: the rows as they are)."""
+    import datasets
+
+    modes = list(dict.fromkeys(modes))
+    if modes == ["coarse_to_fine"]:
+        return dataset
+    if not modes:
+        raise RecipeError("sft recipe: `modes` is empty")
+    return datasets.concatenate_datasets([dataset.add_column("sft_mode", [m] * len(dataset)) for m in modes])
 
 
 @dataclass
@@ -162,10 +195,14 @@ def build_sft_trainer(recipe: SftRecipe) -> SftParts:
         config = SFTConfig(**kw)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"sft: {e} (keys must be trl.SFTConfig fields)") from None
-    model, processor = load_model(recipe.model, max_pixels=recipe.max_pixels,
+    from ergo_data.core.vision import budget_pixels
+
+    # every view is sized before the processor sees it; the processor's own cap must not shrink direct_full's
+    cap = max(recipe.max_pixels, budget_pixels(recipe.full_budget_tokens) if "direct_full" in recipe.modes else 0)
+    model, processor = load_model(recipe.model, max_pixels=cap,
                                   dtype=torch_dtype(recipe.dtype, bool(config.bf16)))
     use_tool_chat_template(processor)
-    dataset = load_split(recipe.data)
+    dataset = with_modes(load_split(recipe.data), recipe.modes)
     collator = EpisodeCollator(EpisodeRenderer(processor, recipe.max_pixels), recipe)
     collator.episode(dataset[0])  # a sample the episode cannot be built for fails now, naming it
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, data_collator=collator,

@@ -4,23 +4,14 @@ three reward components vary within groups (each carries a signal). The full ben
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.support.paths import ROOT
-
-
-def _benchmark():
-    spec = importlib.util.spec_from_file_location("learning_benchmark", ROOT / "benchmarks" / "learning.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.support.benchmarks import load_benchmark
 
 
 @pytest.mark.integration
 def test_the_short_learning_run_moves_weights_and_gives_signal(tmp_path, capsys):
-    summary = _benchmark().main(["--quick", "--out", str(tmp_path)])
+    summary = load_benchmark("learning").main(["--quick", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert "learning: valid_zoom_before=" in out and (tmp_path / "learning_curve.png").stat().st_size > 0
     assert summary["tensors_moved"] > 0
