@@ -29,7 +29,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,12 +63,12 @@ class GpuSampler:
 
         try:
             return float(torch.cuda.utilization())
-        except Exception:  # no pynvml: ask the driver's tool
+        except (ImportError, ModuleNotFoundError, RuntimeError):  # no pynvml: ask the driver's tool
             try:
                 out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                      "-i", "0"], capture_output=True, text=True, timeout=5)
+                                      "-i", "0"], check=True, capture_output=True, text=True, timeout=5)
                 return float(out.stdout.strip().splitlines()[0])
-            except Exception:
+            except (OSError, subprocess.SubprocessError, ValueError, IndexError):
                 return None
 
     def _loop(self) -> None:
@@ -78,7 +78,7 @@ class GpuSampler:
                 return
             self.samples.append(value)
 
-    def __enter__(self) -> GpuSampler:
+    def __enter__(self) -> Self:
         if self.cuda:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()
@@ -142,12 +142,13 @@ def environment(cuda: bool) -> dict[str, Any]:
     """What ran: device, Python, key versions, and the whole ``pip freeze`` (so the machine's list becomes exact)."""
     import torch
 
-    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True, timeout=120)
+    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], check=False, capture_output=True, text=True,
+                            timeout=120)
     versions = {}
     for mod in ("transformers", "trl", "peft", "accelerate", "datasets", "numpy", "huggingface_hub", "torchvision"):
         try:
             versions[mod] = __import__(mod).__version__
-        except Exception as e:
+        except ImportError as e:
             versions[mod] = f"absent ({type(e).__name__})"
     return {"device": torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores)",
             "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 # what the check imports beyond the machine's stack (carried as wheels, scripts/gpu_wheels.txt)
@@ -84,7 +84,7 @@ class GenerationLog:
         self.eos = {tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id}
         self.turns: dict[int, dict[str, float]] = {1: Counter(), 2: Counter()}
 
-    def __enter__(self) -> GenerationLog:
+    def __enter__(self) -> Self:
         import torch
 
         original = self.model.generate
