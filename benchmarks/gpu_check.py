@@ -41,8 +41,9 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 PHASES = ("imports", "curate", "build", "sft", "grpo", "eval", "vllm")
 NEEDS = {"sft": ("curate", "build"), "grpo": ("curate", "build"), "eval": ("build",), "build": (), "curate": ()}
-# seconds per phase on one H100 (limits, ~2-3x the estimate; docs/training.md) and on CPU for the dry run
-LIMITS = {"imports": 120, "curate": 60, "build": 90, "sft": 90, "grpo": 180, "eval": 90, "vllm": 10}
+# seconds per phase on one H100: ~2-3x the estimate of docs/training.md, 6 minutes in all at worst, so that two
+# runs fit in 15 minutes of machine time with its start-up; on CPU for the dry run
+LIMITS = {"imports": 30, "curate": 30, "build": 45, "sft": 45, "grpo": 150, "eval": 55, "vllm": 5}
 DRY_LIMITS = {"imports": 300, "curate": 120, "build": 120, "sft": 300, "grpo": 600, "eval": 300, "vllm": 10}
 
 
