@@ -74,7 +74,10 @@ class GpuSampler:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.2):
-            value = self._read()
+            try:
+                value = self._read()
+            except Exception:  # noqa: BLE001 - a driver error (e.g. pynvml's NVMLError) only ends the sampling
+                return
             if value is None:
                 return
             self.samples.append(value)
