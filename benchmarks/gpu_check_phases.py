@@ -247,6 +247,9 @@ def phase_functions(s: Settings, work: Path, cuda: bool) -> dict[str, Any]:
         from tests.support.scripted import scripted_first_turn
 
         model, processor = state["model"], state["processor"]
+        model.eval()  # after training: in train mode with checkpointing, generate would run without its KV cache
+        if getattr(model, "is_gradient_checkpointing", False):
+            model.gradient_checkpointing_disable()
         full = s.full_max_pixels or FULL_RES_MAX_PIXELS
         set_max_pixels(processor, max(full, budget_pixels(s.budget)))  # views are sized by the eval itself
         settings = EvalSettings(max_pixels=budget_pixels(s.budget), max_new_tokens=s.eval_max_new,
