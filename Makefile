@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
 	$(BIN)/pip install -q -c constraints.txt torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ocr,ray,detector]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,ocr,ray,detector,labelstudio]"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -1,13 +1,18 @@
-"""GPU check: SFT, GRPO with the real rollout, and evaluation in every mode, on a full-size Qwen2.5-VL body.
+"""GPU check: SFT, GRPO with the real zoom rollout, and ``ergo eval`` in every mode on a 7B-shaped Qwen2.5-VL.
 
-Run through ``scripts/gpu_check.sh`` (it installs the carried wheels first). On CUDA it builds Qwen2.5-VL from
-the 3B config with random weights in bf16 (no hub), curates the demo set, runs a few SFT steps, a few GRPO
-steps (two-turn zoom rollout, the full ERGO reward with the stored-label region judge) and ``ergo eval`` on the
-examples in every mode, and prints step time, tokens/s and peak GPU memory per phase. ``--dry-run`` runs the
-same phases on CPU with the tiny model and one step each, to check the script without a GPU.
+Run through ``scripts/gpu_check.sh`` (it installs the carried wheels first and keeps a log). One random-weight
+Qwen2.5-VL-7B body (bf16, the 7B's vocabulary of 152,064, no hub) is built on the GPU once and kept in memory:
+SFT steps with LoRA r=64 and activation checkpointing (the adapter merged in memory), then GRPO steps (GSPO
+preset, 32 rollouts per generation, completions up to 2,048 tokens at the 1,280-token budget) in which every
+turn 1 is forced to write a valid zoom (``tests/support/scripted.py``, a check/test-only hook), so TRL's tool
+loop, the crop and turn 2 run; then every evaluation mode. Each phase runs under its own time limit and reports
+step time, tokens/s, peak GPU memory and host vs GPU time; one phase failing still reports the others.
+``--dry-run`` walks the same code on CPU with a small body (``sized.py``'s "dry") and small sizes.
 
-    scripts/gpu_check.sh --dry-run          # CPU, ~2 minutes: the script itself works
-    scripts/gpu_check.sh                    # one H200, < 8 minutes
+    scripts/gpu_check.sh --dry-run            # CPU rehearsal of the code (scripts/gpu_rehearsal.sh runs it in
+                                              # the GPU machine's package set)
+    scripts/gpu_check.sh                      # one H100: ~2.5 minutes estimated (docs/training.md)
+    scripts/gpu_check.sh --phase grpo         # rerun one phase (its prerequisites curate + build run first)
 """
 
 from __future__ import annotations
@@ -15,160 +20,189 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
+import signal
+import subprocess
 import sys
+import tempfile
+import threading
 import time
-from collections import Counter
+import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
+PHASES = ("imports", "curate", "build", "sft", "grpo", "eval", "vllm")
+NEEDS = {"sft": ("curate", "build"), "grpo": ("curate", "build"), "eval": ("build",), "build": (), "curate": ()}
+# seconds per phase on one H100: ~2-3x the estimate of docs/training.md, 6 minutes in all at worst, so that two
+# runs fit in 15 minutes of machine time with its start-up; on CPU for the dry run
+LIMITS = {"imports": 30, "curate": 30, "build": 45, "sft": 45, "grpo": 150, "eval": 55, "vllm": 5}
+DRY_LIMITS = {"imports": 300, "curate": 120, "build": 120, "sft": 300, "grpo": 600, "eval": 300, "vllm": 10}
 
-class Phase:
-    """Times a phase and reads the CUDA peak memory it reached."""
 
-    def __init__(self, name: str, cuda: bool, report: dict[str, Any]) -> None:
-        self.name, self.cuda, self.report = name, cuda, report
+class PhaseTimeout(Exception):
+    """A phase ran past its time limit."""
 
-    def __enter__(self) -> dict[str, Any]:
+
+class GpuSampler:
+    """GPU utilisation sampled every 0.2 s while a phase runs (``torch.cuda.utilization``, which needs pynvml, or
+    ``nvidia-smi``): GPU-busy seconds = wall seconds x mean utilisation. None where neither is available."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda, self.samples, self._stop = cuda, [], threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _read(self) -> float | None:
         import torch
 
+        try:
+            return float(torch.cuda.utilization())
+        except (ImportError, ModuleNotFoundError, RuntimeError):  # no pynvml: ask the driver's tool
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                      "-i", "0"], check=True, capture_output=True, text=True, timeout=5)
+                return float(out.stdout.strip().splitlines()[0])
+            except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+                return None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                value = self._read()
+            except Exception:  # noqa: BLE001 - a driver error (e.g. pynvml's NVMLError) only ends the sampling
+                return
+            if value is None:
+                return
+            self.samples.append(value)
+
+    def __enter__(self) -> Self:
         if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        self.t0 = time.perf_counter()
-        self.entry: dict[str, Any] = {}
-        return self.entry
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        import torch
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=6)
 
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.entry["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        self.entry["seconds"] = time.perf_counter() - self.t0
-        self.report[self.name] = self.entry
-        shown = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in self.entry.items())
-        print(f"[{self.name}] {shown}", flush=True)
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) / 100 if self.samples else None
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise PhaseTimeout("time limit reached")
+
+
+def run_phase(name: str, fn, limit_s: float, cuda: bool, report: dict[str, Any]) -> bool:
+    """Run ``fn(entry)`` under ``limit_s``; record status, wall/host/GPU seconds, peak GPU memory in ``report``."""
+    import torch
+
+    entry: dict[str, Any] = {"status": "running", "limit_s": limit_s}
+    report["phases"][name] = entry
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0, c0 = time.perf_counter(), time.process_time()
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit_s)
+    with GpuSampler(cuda) as sampler:
+        try:
+            fn(entry)
+            if cuda:
+                torch.cuda.synchronize()
+            entry["status"] = "passed" if entry.get("status") == "running" else entry["status"]
+        except PhaseTimeout:
+            entry.update(status="timeout", error=f"over its limit of {limit_s:.0f} s")
+        except BaseException as e:  # a failure is reported, and the next phase still runs
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            entry.update(status="failed", error=f"{type(e).__name__}: {e}",
+                         traceback=traceback.format_exc(limit=-6).splitlines()[-14:])
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    wall = time.perf_counter() - t0
+    entry.update(wall_s=round(wall, 2), host_cpu_s=round(time.process_time() - c0, 2))
+    busy = sampler.mean()
+    entry["gpu_busy_s"] = round(wall * busy, 2) if busy is not None else None
+    if cuda:
+        entry["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        entry["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 2)
+    shown = {k: v for k, v in entry.items() if k not in ("traceback", "limit_s")}
+    print(f"[{name}] {json.dumps(shown, default=str)}", flush=True)
+    if entry.get("traceback"):
+        print("\n".join(entry["traceback"]), flush=True)
+    return entry["status"] == "passed"
+
+
+def environment(cuda: bool) -> dict[str, Any]:
+    """What ran: device, Python, key versions, and the whole ``pip freeze`` (so the machine's list becomes exact)."""
+    import torch
+
+    freeze = subprocess.run([sys.executable, "-m", "pip", "freeze"], check=False, capture_output=True, text=True,
+                            timeout=120)
+    versions = {}
+    for mod in ("transformers", "trl", "peft", "accelerate", "datasets", "numpy", "huggingface_hub", "torchvision"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except ImportError as e:
+            versions[mod] = f"absent ({type(e).__name__})"
+    return {"device": torch.cuda.get_device_name(0) if cuda else f"cpu ({os.cpu_count()} cores)",
+            "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+            "versions": versions, "pip_freeze": freeze.stdout.splitlines()}
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="CPU, tiny model, one step per phase")
-    parser.add_argument("--size", default="3b", help="Qwen2.5-VL body to build with random weights (3b, 7b)")
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "out" / "gpu_check"))
-    parser.add_argument("--sft-steps", type=int, default=4)
-    parser.add_argument("--grpo-steps", type=int, default=3)
+    parser.add_argument("--dry-run", action="store_true", help="CPU, small body and sizes, the same code")
+    parser.add_argument("--phase", action="append", choices=PHASES, help="run only this phase (repeatable); "
+                        "its prerequisites (curate, build) run first")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "out" / "gpu_check"),
+                        help="where gpu_check.json goes (the log is written beside it by gpu_check.sh)")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new one under /tmp)")
     args = parser.parse_args(argv)
     import torch
 
     cuda = torch.cuda.is_available() and not args.dry_run
     if not cuda and not args.dry_run:
-        raise SystemExit("no CUDA device: run with --dry-run to check the script on CPU")
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(0) if cuda else "cpu", "torch": torch.__version__,
-                              "dry_run": args.dry_run}
-    budget = 1280 if cuda else 64
-    steps = (args.sft_steps, args.grpo_steps) if cuda else (1, 1)
-    dtype, bf16 = ("bfloat16", True) if cuda else ("float32", False)
-    print(f"gpu check on {report['device']} (torch {torch.__version__}), budget {budget} tokens", flush=True)
+        print("no CUDA device: run with --dry-run to rehearse on CPU", file=sys.stderr)
+        return 2
+    from gpu_check_phases import Settings, phase_functions
 
-    from ergo_data.pipeline.executor.local import run_pipeline
-    from ergo_data.pipeline.recipe import load_recipe
-
-    with Phase("curate", False, report) as entry:
-        demo = out / "demo"
-        stats = run_pipeline(load_recipe(ROOT / "pipelines" / "demo.yaml", [
-            f"sources.0.path={ROOT / 'examples' / 'vstar'}", f"sources.1.path={ROOT / 'examples' / 'coco'}"]),
-            demo, quiet=True)
-        entry["kept"] = stats["totals"]["kept"]
-
-    with Phase("build_model", cuda, report) as entry:
-        if cuda:
-            from ergo_train.models.sized import save_sized
-
-            base = str(save_sized(out / f"qwen25vl-{args.size}-random", args.size, dtype=dtype))
-        else:
-            base = "tiny"
-        entry["model"] = base
-
-    report.update(run_phases(out, demo, base, budget, steps, dtype, bf16, cuda, report))
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    print(f"gpu check: {json.dumps({k: v for k, v in report.items() if isinstance(v, dict)}, default=str)}")
-    print(f"report: {out / 'gpu_check.json'}")
-    return report
-
-
-def run_phases(out: Path, demo: Path, base: str, budget: int, steps: tuple[int, int], dtype: str, bf16: bool,
-               cuda: bool, report: dict[str, Any]) -> dict[str, Any]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from ergo_data.core.schema import LABELS_SCHEMA
-    from ergo_data.core.vision import budget_pixels
-    from ergo_data.pipeline.outputs import read_parts
-    from ergo_train.eval.evaluate import EvalSettings, run_eval
-    from ergo_train.rewards.judges import labels_from_boxes
-    from ergo_train.train.grpo import build_trainer, train
-    from ergo_train.train.recipe import DataSpec, TrainRecipe
-    from ergo_train.train.sft import SftRecipe, build_sft_trainer, run_sft
-
-    device_kw = {"use_cpu": not cuda, "bf16": bf16, "dataloader_num_workers": 0, "disable_tqdm": True,
-                 "save_strategy": "no", "logging_steps": 1, "report_to": "none"}
-    with Phase("sft", cuda, report) as entry:
-        sft = SftRecipe(name="gpu_sft", model=base, dtype=dtype, data=DataSpec(path=str(demo)), budget_tokens=budget,
-                        output_dir=str(out / "sft"), sft={"max_steps": steps[0], "per_device_train_batch_size": 2,
-                                                          "learning_rate": 1e-5, **device_kw})
-        result = run_sft(sft, build_sft_trainer(sft))
-        logs = [h for h in result.log_history if "loss" in h]
-        runtime = next(h["train_runtime"] for h in result.log_history if "train_runtime" in h)
-        entry.update(steps=result.global_step, step_s=runtime / max(result.global_step, 1),
-                     tokens_per_s=logs[-1].get("num_tokens", 0.0) / runtime, loss=logs[-1]["loss"])
-
-    labels = out / "region_labels.parquet"
-    rows = read_parts(demo / "data", "*.parquet").to_pylist()
-    pq.write_table(pa.Table.from_pylist(labels_from_boxes([r for r in rows if r.get("boxes")]), schema=LABELS_SCHEMA),
-                   labels)
-    with Phase("grpo", cuda, report) as entry:
-        grpo = TrainRecipe(
-            name="gpu_grpo", model=str(out / "sft"), dtype=dtype, data=DataSpec(path=str(demo)),
-            budget_tokens=budget, preset="gspo", output_dir=str(out / "grpo"),
-            rewards={"r_format": 1.0, "r_acc": 1.0, "r_region": {"weight": 1.0, "judge": {
-                "type": "stored", "labels": str(labels)}}, "r_box": {"weight": 0.5, "gamma": 0.6}},
-            grpo={"max_steps": steps[1], "per_device_train_batch_size": 4, "num_generations": 2,
-                  "steps_per_generation": 1, "learning_rate": 1e-6, "max_completion_length": 2 * budget + 512,
-                  "generation_kwargs": {"max_new_tokens": 128}, **device_kw})
-        parts = build_trainer(grpo)
-        result = train(grpo, parts)
-        logs = [h for h in result.log_history if "loss" in h]
-        entry.update(steps=result.global_step, step_s=sum(h.get("step_time", 0.0) for h in logs) / max(len(logs), 1),
-                     completion_tokens_per_s=sum(h.get("completions/mean_length", 0.0) * 4 for h in logs)
-                     / max(sum(h.get("step_time", 0.0) for h in logs), 1e-9),
-                     tool_calls=logs[-1].get("tools/call_frequency"), reward=logs[-1].get("reward"))
-
-    with Phase("eval", cuda, report) as entry:
-        # on CPU, direct_full at a few megapixels is minutes per item: the dry run caps it and the item count
-        settings = EvalSettings(max_pixels=budget_pixels(budget), max_new_tokens=128,
-                                **({} if cuda else {"full_max_pixels": 4 * budget_pixels(budget)}))
-        modes = ["direct", "coarse_to_fine", "oracle_crop", "direct_full"]
-        files = run_eval("vstar", ROOT / "examples" / "vstar", str(out / "grpo"), modes, out / "eval",
-                         settings=settings, limit=None if cuda else 2, device="cuda" if cuda else "cpu", dtype=dtype)
-        records = [json.loads(line) for line in Path(files["results"]).read_text().splitlines()]
-        for mode in modes:
-            mine = [r for r in records if r.get("mode") == mode]
-            tokens = [r.get("generated_tokens") or 0 for r in mine]
-            seconds = [r.get("wall_s") or 0.0 for r in mine]
-            entry[mode] = {"items": len(mine), "statuses": dict(Counter(r.get("status") for r in mine)),
-                           "correct": sum(bool(r.get("correct")) for r in mine),
-                           "tokens_per_s": sum(tokens) / max(sum(seconds), 1e-9)}
-    return {}
+    settings = Settings.dry() if args.dry_run else Settings.full()
+    work = args.work or Path(tempfile.mkdtemp(prefix="ergo-gpu-check-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"dry_run": args.dry_run, "settings": settings.__dict__, "work": str(work),
+                              "phases": {}, **environment(cuda)}
+    print(f"gpu check on {report['device']} (python {report['python']}, torch {report['torch']}, transformers "
+          f"{report['versions']['transformers']}); {settings.describe()}", flush=True)
+    wanted = args.phase or list(PHASES)
+    plan = [p for p in PHASES if p in wanted or p == "imports" or any(p in NEEDS.get(w, ()) for w in wanted)]
+    functions, state = phase_functions(settings, work, cuda), {}
+    limits = DRY_LIMITS if args.dry_run else LIMITS
+    started = time.perf_counter()
+    for name in plan:
+        missing = [n for n in NEEDS.get(name, ()) if report["phases"].get(n, {}).get("status") != "passed"]
+        if missing:
+            report["phases"][name] = {"status": "skipped", "error": f"needs {', '.join(missing)}"}
+            print(f"[{name}] skipped: needs {', '.join(missing)}", flush=True)
+            continue
+        run_phase(name, lambda entry, fn=functions[name]: fn(entry, state), limits[name], cuda, report)
+        (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    statuses = {n: e["status"] for n, e in report["phases"].items()}
+    report["summary"] = statuses
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"gpu check: {json.dumps(statuses)} in {report['total_s']} s; report {args.out / 'gpu_check.json'}")
+    return 0 if all(s in ("passed", "not run") for s in statuses.values()) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,14 +12,21 @@ ergo_data.pipeline.query.QueryError: query failed: Binder Error: ...
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import pyarrow as pa
 
 from ergo_data.core.errors import ConfigError, ErgoError
 
-# What DuckDB says about the SQL itself (syntax, unknown column or table); anything else is about the files.
-SQL_ERRORS = (duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException)
+if TYPE_CHECKING:  # DuckDB is imported where a query runs: importing this module never needs it
+    import duckdb
+
+
+def sql_errors() -> tuple[type[Exception], ...]:
+    """What DuckDB says about the SQL itself (syntax, unknown column or table); anything else is about the files."""
+    import duckdb
+
+    return duckdb.ParserException, duckdb.BinderException, duckdb.CatalogException
 
 
 class QueryError(ConfigError, ValueError):
@@ -32,6 +39,8 @@ class UnreadableSetError(ErgoError, ValueError):
 
 def connect(out_dir: str | Path) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the views ``samples`` and ``rejects`` (each only if it has Parquet files)."""
+    import duckdb
+
     out = Path(out_dir)
     data, rejects = out / "data", out / "rejects"
     if not data.is_dir():
@@ -50,10 +59,12 @@ def connect(out_dir: str | Path) -> duckdb.DuckDBPyConnection:
 def run_query(out_dir: str | Path, sql: str) -> pa.Table:
     """Run ``sql`` and return an Arrow table; DuckDB errors become ``QueryError`` (the SQL) or
     ``UnreadableSetError`` (the files), both ``ValueError`` with DuckDB's message."""
+    import duckdb
+
     con = connect(out_dir)
     try:
         return con.sql(sql).to_arrow_table()
-    except SQL_ERRORS as e:
+    except sql_errors() as e:
         raise QueryError(f"query failed: {e}") from None
     except duckdb.Error as e:
         raise UnreadableSetError(f"query failed reading {out_dir}: {e}") from None

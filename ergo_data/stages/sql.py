@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import duckdb
 import pyarrow as pa
 
 from ergo_data.core.errors import RecipeError
@@ -38,6 +37,8 @@ class SqlStage(Stage):
     def process(self, table: pa.Table) -> StageResult:
         if table.num_rows == 0:
             return StageResult(table, [])
+        import duckdb  # here, not at import: the registry imports every stage module, and a run without sql needs none
+
         indexed = table.append_column(_ROW, pa.array(range(table.num_rows), pa.int64()))
         con = duckdb.connect()
         try:

@@ -17,9 +17,25 @@ if TYPE_CHECKING:
     import torch
 
 
+def image_processor_of(name_or_path: str, **kwargs: Any):
+    """The checkpoint's image processor; without torchvision, Qwen-VL's PIL image processor.
+
+    transformers 5.24's ``AutoImageProcessor`` picks the PIL class itself when torchvision is absent; in 5.17
+    ``AutoImageProcessor`` itself requires torchvision (``ImportError``), so the PIL class is loaded directly.
+    """
+    try:
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(name_or_path, **kwargs)
+    except ImportError:
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        return Qwen2VLImageProcessorPil.from_pretrained(name_or_path, **kwargs)
+
+
 def load_processor(name_or_path: str, max_pixels: int | None = None):
     """Processor of a checkpoint; without torchvision, the video-less Qwen processor is built instead."""
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor, AutoTokenizer
 
     if name_or_path in TINY_SIZES:
         name_or_path = str(tiny_checkpoint(name=name_or_path))
@@ -32,16 +48,21 @@ def load_processor(name_or_path: str, max_pixels: int | None = None):
             raise ValueError("not a multimodal processor")
     except (ImportError, ValueError, TypeError, OSError):
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-        image_processor = AutoImageProcessor.from_pretrained(name_or_path, **kwargs)
+        image_processor = image_processor_of(name_or_path, **kwargs)
         processor = make_processor(tokenizer, image_processor, chat_template=tokenizer.chat_template)
         template = Path(name_or_path) / "chat_template.jinja"
         if template.exists():
             processor.chat_template = template.read_text(encoding="utf-8")
-    if max_pixels is not None:  # the processor call reads ``size``; keep the legacy attribute in step
-        processor.image_processor.size = {**dict(processor.image_processor.size), "longest_edge": max_pixels}
-        if hasattr(processor.image_processor, "max_pixels"):
-            processor.image_processor.max_pixels = max_pixels
+    if max_pixels is not None:
+        set_max_pixels(processor, max_pixels)
     return processor
+
+
+def set_max_pixels(processor, max_pixels: int) -> None:
+    """Set a loaded processor's image budget (the processor call reads ``size``; the legacy attribute follows)."""
+    processor.image_processor.size = {**dict(processor.image_processor.size), "longest_edge": max_pixels}
+    if hasattr(processor.image_processor, "max_pixels"):
+        processor.image_processor.max_pixels = max_pixels
 
 
 def load_model(name_or_path: str, *, max_pixels: int | None = None, dtype: torch.dtype | str | None = None,

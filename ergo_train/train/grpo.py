@@ -70,8 +70,11 @@ class TrainerParts:
     config: Any
 
 
-def build_trainer(recipe: TrainRecipe) -> TrainerParts:
-    """Load the model and processor, the curated set and the rewards; return a ready ``GRPOTrainer``."""
+def build_trainer(recipe: TrainRecipe, loaded: tuple[Any, Any] | None = None) -> TrainerParts:
+    """Load the model and processor, the curated set and the rewards; return a ready ``GRPOTrainer``.
+
+    ``loaded``: a ``(model, processor)`` already in memory to train instead of loading ``recipe.model`` (the GPU
+    check keeps one 7B body across its phases)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is marked experimental
     from trl import GRPOConfig
 
@@ -79,7 +82,8 @@ def build_trainer(recipe: TrainRecipe) -> TrainerParts:
     from ergo_train.models.processor import vision_token_ids
 
     bf16 = bool(grpo_config_kwargs(recipe)["bf16"])  # validates the recipe before loading a model
-    model, processor = load_model(recipe.model, max_pixels=recipe.max_pixels, dtype=torch_dtype(recipe.dtype, bf16))
+    model, processor = loaded or load_model(recipe.model, max_pixels=recipe.max_pixels,
+                                            dtype=torch_dtype(recipe.dtype, bf16))
     use_tool_chat_template(processor)
     config_kw = grpo_config_kwargs(recipe, suppress_token_ids=_known_ids(processor.tokenizer, vision_token_ids))
     try:

@@ -6,6 +6,8 @@
 >>> kw = grpo_config_kwargs(recipe, use_vllm=False)
 >>> kw["importance_sampling_level"], kw["loss_type"], kw["max_steps"], kw["max_tool_calling_iterations"]
 ('sequence', 'grpo', 1, 1)
+>>> kw[checkpointing_key()] is False  # the recipe's `activation_checkpointing`, under the installed name
+True
 """
 
 from __future__ import annotations
@@ -105,6 +107,43 @@ def load_train_recipe(path: str | Path, overrides: Sequence[str] = ()) -> TrainR
 
 
 # ---- config and trainer ----------------------------------------------------------------------------
+CHECKPOINTING_NAMES = ("activation_checkpointing", "gradient_checkpointing")
+
+
+def checkpointing_key(arguments_class: type | None = None) -> str:
+    """The installed ``TrainingArguments``' name for activation checkpointing.
+
+    transformers 5.24 calls it ``activation_checkpointing`` (``gradient_checkpointing`` is a deprecated alias
+    there); 5.17 (vLLM 0.31's cap) knows only ``gradient_checkpointing`` and rejects the new name.
+    """
+    import dataclasses
+
+    if arguments_class is None:
+        from transformers import TrainingArguments as arguments_class
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    return next((n for n in CHECKPOINTING_NAMES if n in names), CHECKPOINTING_NAMES[-1])
+
+
+def with_checkpointing_key(kw: dict[str, Any], arguments_class: type | None = None) -> dict[str, Any]:
+    """``kw`` with either checkpointing name (and its ``_kwargs``) renamed to the installed one, so a recipe runs
+    on every transformers version the project supports.
+
+    >>> import dataclasses
+    >>> Old = dataclasses.make_dataclass("Old", [("gradient_checkpointing", bool, False)])
+    >>> with_checkpointing_key({"activation_checkpointing": True, "bf16": True}, Old)
+    {'bf16': True, 'gradient_checkpointing': True}
+    """
+    key = checkpointing_key(arguments_class)
+    out = dict(kw)
+    for suffix in ("", "_kwargs"):
+        given = {n + suffix: out.pop(n + suffix) for n in CHECKPOINTING_NAMES if n + suffix in out}
+        if len({repr(v) for v in given.values()}) > 1:
+            raise RecipeError(f"both {' and '.join(given)} are set, to different values: keep one")
+        if given:
+            out[key + suffix] = next(iter(given.values()))
+    return out
+
+
 def grpo_config_kwargs(recipe: TrainRecipe, *, use_vllm: bool | None = None,
                        suppress_token_ids: Sequence[int] = ()) -> dict[str, Any]:
     """GRPOConfig arguments: ERGO's fixed settings <- the preset <- the recipe's ``grpo`` section."""
@@ -129,4 +168,4 @@ def grpo_config_kwargs(recipe: TrainRecipe, *, use_vllm: bool | None = None,
         gen = dict(kw.get("generation_kwargs") or {})
         gen["suppress_tokens"] = sorted(set(gen.get("suppress_tokens", [])) | set(suppress_token_ids))
         kw["generation_kwargs"] = gen
-    return kw
+    return with_checkpointing_key(kw)

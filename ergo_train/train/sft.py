@@ -34,7 +34,7 @@ from ergo_train.models.processor import save_processor
 from ergo_train.rollout.episode import DEFAULT_REASONING, Episode, EpisodeRenderer
 from ergo_train.rollout.zoom import MIN_REGION_PATCHES, region_of
 from ergo_train.train.data import load_split
-from ergo_train.train.recipe import ModelRecipe, parse_recipe, torch_dtype
+from ergo_train.train.recipe import ModelRecipe, parse_recipe, torch_dtype, with_checkpointing_key
 
 
 class SftRecipe(ModelRecipe):
@@ -180,11 +180,12 @@ def sft_config_kwargs(recipe: SftRecipe) -> dict[str, Any]:
         "bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
     }
     kw.update(recipe.sft)
-    return kw
+    return with_checkpointing_key(kw)
 
 
-def build_sft_trainer(recipe: SftRecipe) -> SftParts:
-    """Load the model, the curated split and the episode collator into a ready ``SFTTrainer``."""
+def build_sft_trainer(recipe: SftRecipe, loaded: tuple[Any, Any] | None = None) -> SftParts:
+    """Load the model, the curated split and the episode collator into a ready ``SFTTrainer`` (``loaded``: a
+    ``(model, processor)`` in memory to train instead of ``recipe.model``)."""
     from trl import SFTConfig, SFTTrainer
 
     from ergo_train.models.loaders import load_model
@@ -199,8 +200,8 @@ def build_sft_trainer(recipe: SftRecipe) -> SftParts:
 
     # every view is sized before the processor sees it; the processor's own cap must not shrink direct_full's
     cap = max(recipe.max_pixels, budget_pixels(recipe.full_budget_tokens) if "direct_full" in recipe.modes else 0)
-    model, processor = load_model(recipe.model, max_pixels=cap,
-                                  dtype=torch_dtype(recipe.dtype, bool(config.bf16)))
+    model, processor = loaded or load_model(recipe.model, max_pixels=cap,
+                                            dtype=torch_dtype(recipe.dtype, bool(config.bf16)))
     use_tool_chat_template(processor)
     dataset = with_modes(load_split(recipe.data), recipe.modes)
     collator = EpisodeCollator(EpisodeRenderer(processor, recipe.max_pixels), recipe)

@@ -1,4 +1,7 @@
-"""Test-only: force turn 1 of a random model to write a given text (a tool call), everything after is real."""
+"""Test/check-only: force turn 1 of a random model to write a given text (a tool call), everything after is real.
+
+Used by the tests and by the GPU check (benchmarks/gpu_check_phases.py), never by the package itself.
+"""
 
 from __future__ import annotations
 
