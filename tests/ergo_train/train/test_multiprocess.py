@@ -1,5 +1,6 @@
-"""Two processes on CPU (``accelerate launch --multi_gpu --num_processes 2``, gloo): ``ergo sft`` with LoRA, then
-``ergo train`` from its output with a policy that zooms, then the same ``ergo train`` resumed from its checkpoint.
+"""Two processes on CPU (``accelerate launch`` with the shipped 4-GPU config and ``--num_processes 2``, gloo):
+``ergo sft`` with LoRA, then ``ergo train`` from its output with a policy that zooms, then the same ``ergo train``
+resumed from its checkpoint.
 
 The processes are real (``tests.support.launched`` is the ``ergo`` command with the test hooks: turn 1 forced to
 a zoom, each rank's batches, scoring calls and saves recorded). Checked: the SFT ranks trained on different rows,
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.integration
 TURN1 = [f'<tool_call>\n{{"name": "zoom", "arguments": {box}}}\n</tool_call><|im_end|>'
          for box in ('{"x1": 10, "y1": 20, "x2": 60, "y2": 70}', '{"x1": 0, "y1": 0, "x2": 400, "y2": 400}')]
 TURN2 = ["<answer>C</answer><|im_end|>", "<answer>A</answer><|im_end|>"]
+ACCELERATE_CONFIG = ROOT / "pipelines" / "accelerate" / "multi_gpu_4.yaml"
 GENERATIONS = 4  # one group of 4 per step, 2 rollouts on each rank: every group spans both processes
 
 
@@ -42,9 +44,10 @@ def _launch(args: list[str], record: Path) -> str:
     env = {**os.environ, "ERGO_TEST_RECORD": str(record), "ERGO_TEST_TURN1": json.dumps(TURN1),
            "ERGO_TEST_TURN2": json.dumps(TURN2), "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "tests.support.launched", *args]
+    # the shipped 4-GPU config, with 2 processes and no mixed precision on CPU (the tiny recipes set use_cpu: gloo)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+           "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(_free_port()),
+           "-m", "tests.support.launched", *args]
     proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(args)}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return proc.stdout
