@@ -21,7 +21,7 @@ from ergo_data.core.imageio import ImageSource
 from ergo_data.core.vision import resized_size
 from ergo_train.models.loaders import load_model, load_processor
 from ergo_train.models.processor import VISION_TOKENS
-from ergo_train.rewards.reward_set import StepMetrics, build_reward_funcs
+from ergo_train.rewards.reward_set import JudgeFailureError, StepMetrics, build_reward_funcs
 from ergo_train.rollout.env import ANSWER_INSTRUCTION, ZoomEnv
 from ergo_train.rollout.zoom import fit_aspect
 from ergo_train.train.data import load_curated
@@ -29,6 +29,7 @@ from ergo_train.train.grpo import build_trainer, grpo_config, train
 from ergo_train.train.recipe import VLLM_BAN, grpo_config_kwargs, load_train_recipe
 from tests.support.paths import ROOT
 from tests.support.scripted import scripted_first_turn
+from tests.support.served import fault_server
 
 RECIPE = ROOT / "pipelines" / "train_tiny.yaml"
 SMALL = [10, 20, 60, 70]  # on the coarse view (every demo image's view is at least 224 x 168)
@@ -202,6 +203,22 @@ def test_a_malformed_call_in_a_batch_without_other_calls_still_trains(kind, demo
         assert "<tool_call>" in completion[0]["content"] and not env.zoomed
     assert kw["values"][i] == 0.0  # ...and r_format agrees: 0
     assert calls["r_box"][0]["values"][i] == 0.0
+
+
+@pytest.mark.integration
+def test_a_served_judge_that_fails_stops_training_with_the_cause(demo_set, tmp_path):
+    """The whole path: TRL calls the rewards, every zoom's region query fails at the judge server, the step stops."""
+    with fault_server([(503, {"error": {"message": "judge replica restarting"}})]) as (api_base, bodies):
+        judge = f"{{type: vlm, model: judge, api_base: '{api_base}', retries: 0, max_pixels: 50176}}"
+        recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "grpo.max_steps=1",
+                                            "model=tiny", f"rewards.r_region.judge={judge}"])
+        parts = build_trainer(recipe)
+        with (scripted_first_turn(parts.model, parts.processor.tokenizer, [_call(SMALL), _call(LARGE)], ANSWERS),
+              pytest.raises(JudgeFailureError, match=r"failed on 4 of 4 region queries at step 1 \(100\.0%.*"
+                                                     r"judge replica restarting")):
+            train(recipe, parts)
+    assert len(bodies) == 4  # one request per zoom (no retries), none cached
+    assert parts.metrics.history[-1]["ergo/judge_failure_rate"] == 1.0
 
 
 @pytest.mark.integration
