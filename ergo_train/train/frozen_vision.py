@@ -1,11 +1,12 @@
 """Keep a frozen vision tower out of the backward pass (LoRA + activation checkpointing).
 
 With PEFT and checkpointing, TRL's trainers and ``Trainer.train`` call ``model.enable_input_require_grads()``,
-which (transformers 5.2x) hooks the input embedding of EVERY sub-model: the text embedding, and also the vision
-tower's ``patch_embed``. The tower's activations then require grad, so the frozen tower is kept in the autograd
-graph, recomputed under checkpointing and back-propagated through for nothing. ``keep_vision_out_of_backward`` removes the
-hooks on every frozen tower and makes the tower report no input embedding, so later calls skip it too; the
-text embedding keeps its hook (LoRA on the language model needs it with checkpointing).
+which (transformers 5.17 and 5.24, read) hooks the input embedding of EVERY sub-model: the text embedding, and
+also the vision tower's ``patch_embed``. The tower's activations then require grad, so the frozen tower is kept in
+the autograd graph, recomputed under checkpointing and back-propagated through for nothing.
+``keep_vision_out_of_backward`` removes the hooks on every frozen tower and makes the tower report no input
+embedding, so later calls skip it too; the text embedding keeps its hook (LoRA on the language model needs it
+with checkpointing).
 
 Example (``ergo_train.train.grpo.build_trainer`` and ``ergo_train.train.sft.build_sft_trainer`` do this)::
 
