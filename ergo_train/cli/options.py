@@ -26,3 +26,10 @@ def recipe_overrides(set_: list[str] | None, model: str | None, out: Path | None
     if out:
         overrides.append(f"output_dir={out}")
     return overrides
+
+
+def main_process() -> bool:
+    """False on the other processes of an ``accelerate launch`` run: they train, only the main one reports."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0

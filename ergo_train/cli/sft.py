@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ergo_train.cli.options import ModelOption, OutOption, SetOption, recipe_overrides
+from ergo_train.cli.options import ModelOption, OutOption, SetOption, main_process, recipe_overrides
 
 SHOWN = ("loss", "mean_token_accuracy", "grad_norm", "learning_rate")
 
@@ -55,6 +55,8 @@ def sft_command(
         return
     with cli_errors(failure=(ValueError,)):
         result = run_sft(rec, parts)
+    if not main_process():
+        return
     steps = [h for h in result.log_history if "loss" in h]
     table = Table(title=f"{rec.name}: {result.global_step} steps")
     table.add_column("step", justify="right")

@@ -15,11 +15,11 @@ from typing import Annotated
 
 import typer
 
-from ergo_train.cli.options import ModelOption, OutOption, SetOption, recipe_overrides
+from ergo_train.cli.options import ModelOption, OutOption, SetOption, main_process, recipe_overrides
 
 SHOWN_METRICS = ("reward", "reward_std", "frac_reward_zero_std", "ergo/zero_variance_groups", "ergo/zoom_rate",
                  "ergo/zoom_ok_rate", "ergo/zoom_area_frac", "ergo/vision_tokens_turn1", "ergo/vision_tokens_turn2",
-                 "tools/call_frequency", "loss", "step_time")
+                 "ergo/judge_failure_rate", "tools/call_frequency", "loss", "step_time")
 
 
 def register(app: typer.Typer) -> None:
@@ -61,6 +61,8 @@ def train_command(
         return
     with cli_errors():
         result = train(rec)
+    if not main_process():
+        return
     steps = [h for h in result.log_history if "loss" in h]
     table = Table(title=f"{rec.name}: {result.global_step} steps")
     table.add_column("metric")

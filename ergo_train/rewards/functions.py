@@ -221,6 +221,10 @@ def _region_scores(parsed: Sequence[ParsedCompletion], columns: Mapping[str, Any
     log_metric = columns.get("log_metric")
     if callable(log_metric) and queries:
         log_metric("r_region/judge_cache_hit_rate", (cache.hits - hits_before) / len(queries))
+    report = columns.get("judge_report")  # the reward set's StepMetrics: the judge's failure rate, and the stop
+    if callable(report):
+        failed = [v for v in verdicts if v.failed]
+        report(len(queries), len(failed), failed[0].detail if failed else "")
     return out
 
 

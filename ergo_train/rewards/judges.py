@@ -11,7 +11,7 @@ r_region; the paper uses a frozen Qwen2.5-VL-72B). Three kinds, built by name wi
 
 ``judge_regions`` crops the original images (``ergo_data.core.imageio.ImageSource``: region-limited decode, crops
 sized as ``crop_at_budget``) and caches verdicts by (judge, image sha256, box, question, options, answer, view) in a
-``JudgeCache`` (memory, or SQLite on disk).
+``JudgeCache`` (memory, or SQLite on disk; ``ergo_train.rewards.verdicts``, with ``Verdict``).
 
 >>> judge = build_judge({"type": "stored", "labels": [{"id": "s/1", "region_answerable": True,
 ...     "x1": 10.0, "y1": 10.0, "x2": 20.0, "y2": 20.0}]})
@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import re
-import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +36,7 @@ from PIL import Image
 from ergo_data.core.boxes import Box
 from ergo_data.core.errors import ConfigError, ErgoError
 from ergo_data.core.imageio import ImageSource
+from ergo_train.rewards.verdicts import JudgeCache, Verdict
 from ergo_train.rollout.matching import answer_matches, normalize_answer
 from ergo_train.rollout.zoom import DEFAULT_BUDGET_TOKENS, budget_max_pixels, fit_aspect
 
@@ -50,17 +49,6 @@ class JudgeError(ErgoError, ValueError):
 
 class JudgeConfigError(JudgeError, ConfigError):
     """A judge that cannot be built as configured (unknown name, bad parameter, missing labels file)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """``correct``: the crop lets one answer correctly. ``confidence`` in [0, 1] (None if the judge has none)."""
-
-    correct: bool
-    confidence: float | None = None
-    detail: str = ""
-    failed: bool = field(default=False, repr=False, compare=False)  # no verdict could be had (counted not answerable,
-    # reason in ``detail``); never cached, so a transient server failure is asked again next time
 
 
 @dataclass
@@ -456,54 +444,6 @@ def build_judge(spec: Judge | str | Mapping[str, Any], **params: Any) -> Judge:
         return JUDGES[spec](**params)
     except TypeError as e:
         raise JudgeConfigError(f"judge {spec!r}: {e}") from None
-
-
-# ---- cache -------------------------------------------------------------------------------------------
-class JudgeCache:
-    """Verdicts by key, in memory (the oldest ``max_memory`` entries are dropped first); with ``path`` also in a
-    SQLite file shared across runs and processes."""
-
-    def __init__(self, path: str | Path | None = None, max_memory: int = 200_000) -> None:
-        self.memory: dict[str, Verdict] = {}
-        self.max_memory = max(1, int(max_memory))
-        self.hits = self.misses = 0
-        self._db = None
-        if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), timeout=30, check_same_thread=False)
-            self._db.execute("CREATE TABLE IF NOT EXISTS verdicts (key TEXT PRIMARY KEY, value TEXT)")
-
-    @staticmethod
-    def key(fingerprint: str, image_sha256: str, box: Box, question: str, options: Sequence[str], answer: str,
-            view: str = "crop") -> str:
-        rect = (math.floor(box.x1), math.floor(box.y1), math.ceil(box.x2), math.ceil(box.y2))  # the crop's pixels
-        raw = json.dumps([fingerprint, image_sha256, rect, question, list(options), answer, view])
-        return hashlib.sha256(raw.encode()).hexdigest()
-
-    def get(self, key: str) -> Verdict | None:
-        v = self.memory.get(key)
-        if v is None and self._db is not None:
-            row = self._db.execute("SELECT value FROM verdicts WHERE key = ?", (key,)).fetchone()
-            if row:
-                v = Verdict(**json.loads(row[0]))
-                self._remember(key, v)
-        if v is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return v
-
-    def _remember(self, key: str, verdict: Verdict) -> None:
-        self.memory[key] = verdict
-        while len(self.memory) > self.max_memory:  # dicts keep insertion order: drop the oldest
-            del self.memory[next(iter(self.memory))]
-
-    def put(self, key: str, verdict: Verdict) -> None:
-        self._remember(key, verdict)
-        if self._db is not None:
-            value = json.dumps({"correct": verdict.correct, "confidence": verdict.confidence, "detail": verdict.detail})
-            self._db.execute("INSERT OR REPLACE INTO verdicts VALUES (?, ?)", (key, value))
-            self._db.commit()
 
 
 # ---- judging regions of original images (cropping + cache) -------------------------------------------

@@ -3,7 +3,7 @@
 A training recipe (``recipe.py``) names the model, the curated set, the pixel budget, the rewards, a preset
 and any ``GRPOConfig`` field; ``ergo train RECIPE.yaml`` runs it (see docs/training.md). ``build_trainer``
 loads the model, the data (``data.py``) and the reward set (``ergo_train.rewards.reward_set``) into a
-ready ``GRPOTrainer``; ``train`` runs it and saves the model and processor.
+ready ``GRPOTrainer``; ``train`` runs it and saves the model and processor (once, on the main process: ``saving.py``).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ergo_data.core.errors import RecipeError
-from ergo_train.models.processor import save_processor
 from ergo_train.rewards.reward_set import StepMetrics, build_reward_funcs
 from ergo_train.rollout.env import use_tool_chat_template, zoom_env_factory
 from ergo_train.rollout.parsing import ZOOM_TOOL, normalize_tool_call
 from ergo_train.train.data import load_curated
+from ergo_train.train.frozen_vision import keep_vision_out_of_backward
 from ergo_train.train.recipe import TrainRecipe, grpo_config_kwargs, torch_dtype
+from ergo_train.train.saving import save_trained
 
 
 class AnyToolName(dict):
@@ -76,29 +77,38 @@ def build_trainer(recipe: TrainRecipe, loaded: tuple[Any, Any] | None = None) ->
     ``loaded``: a ``(model, processor)`` already in memory to train instead of loading ``recipe.model`` (the GPU
     check keeps one 7B body across its phases)."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # environment_factory is marked experimental
-    from trl import GRPOConfig
-
     from ergo_train.models.loaders import load_model
-    from ergo_train.models.processor import vision_token_ids
 
     bf16 = bool(grpo_config_kwargs(recipe)["bf16"])  # validates the recipe before loading a model
     model, processor = loaded or load_model(recipe.model, max_pixels=recipe.max_pixels,
                                             dtype=torch_dtype(recipe.dtype, bf16))
     use_tool_chat_template(processor)
-    config_kw = grpo_config_kwargs(recipe, suppress_token_ids=_known_ids(processor.tokenizer, vision_token_ids))
-    try:
-        config = GRPOConfig(**config_kw)
-    except TypeError as e:
-        raise RecipeError(f"grpo: {e} (keys must be trl.GRPOConfig fields)") from None
-    except ValueError as e:
-        raise RecipeError(f"grpo: {e}") from None
+    config = grpo_config(recipe, processor)
     dataset = load_curated(recipe.data, recipe.max_pixels)
-    funcs, metrics = build_reward_funcs(recipe.rewards, recipe.max_pixels, config.num_generations)
+    funcs, metrics = build_reward_funcs(recipe.rewards, recipe.max_pixels, config.num_generations,
+                                        recipe.judge_max_failure_rate)
     peft_config = recipe.lora.peft_config() if recipe.lora is not None else None
     trainer = robust_trainer_class()(model=model, args=config, train_dataset=dataset, reward_funcs=funcs,
                                      processing_class=processor, peft_config=peft_config,
                                      environment_factory=zoom_env_factory(recipe.max_pixels))
+    keep_vision_out_of_backward(trainer.model)
     return TrainerParts(trainer, model, processor, dataset, metrics, config)
+
+
+def grpo_config(recipe: TrainRecipe, processor):
+    """The recipe's ``GRPOConfig``, with the processor's vision placeholder tokens never sampled (transformers'
+    ``suppress_tokens``, or a ``logit_bias`` ban under vLLM: ``ergo_train.train.recipe.suppress_in_generation``)."""
+    from trl import GRPOConfig
+
+    from ergo_train.models.processor import vision_token_ids
+
+    config_kw = grpo_config_kwargs(recipe, suppress_token_ids=_known_ids(processor.tokenizer, vision_token_ids))
+    try:
+        return GRPOConfig(**config_kw)
+    except TypeError as e:
+        raise RecipeError(f"grpo: {e} (keys must be trl.GRPOConfig fields)") from None
+    except ValueError as e:
+        raise RecipeError(f"grpo: {e}") from None
 
 
 def _known_ids(tokenizer, ids_of) -> list[int]:
@@ -119,7 +129,5 @@ def train(recipe: TrainRecipe, parts: TrainerParts | None = None) -> TrainResult
     parts = parts or build_trainer(recipe)
     trainer = parts.trainer
     trainer.train(resume_from_checkpoint=recipe.resume_from_checkpoint)
-    out = Path(recipe.output_dir)
-    trainer.save_model(str(out))
-    save_processor(parts.processor, out)
+    out = save_trained(trainer, parts.processor, recipe.output_dir)
     return TrainResult(out, list(trainer.state.log_history), list(parts.metrics.history), trainer.state.global_step)

@@ -83,6 +83,7 @@ class TrainRecipe(ModelRecipe):
     preset: Literal["grpo", "gspo"] = "gspo"
     output_dir: str = "out/train"
     resume_from_checkpoint: str | bool | None = None  # a checkpoint dir, or true for the latest in output_dir
+    judge_max_failure_rate: float = Field(0.05, ge=0, le=1)  # stop when the judge fails on more of a step's queries
     grpo: dict[str, Any] = Field(default_factory=dict)  # any trl.GRPOConfig field; wins over the preset
 
 
@@ -164,8 +165,30 @@ def grpo_config_kwargs(recipe: TrainRecipe, *, use_vllm: bool | None = None,
     if kw["log_completions"]:
         raise RecipeError("grpo.log_completions must be false: TRL cannot log image tool results")
     vllm = bool(kw.get("use_vllm")) if use_vllm is None else use_vllm
-    if suppress_token_ids and not vllm:  # a model that samples a vision placeholder breaks Qwen's rope index
-        gen = dict(kw.get("generation_kwargs") or {})
-        gen["suppress_tokens"] = sorted(set(gen.get("suppress_tokens", [])) | set(suppress_token_ids))
-        kw["generation_kwargs"] = gen
+    if suppress_token_ids:  # a sampled vision placeholder breaks Qwen's rope index, or makes TRL drop the batch's images
+        kw["generation_kwargs"] = suppress_in_generation(kw.get("generation_kwargs"), suppress_token_ids, vllm)
     return with_checkpointing_key(kw)
+
+
+VLLM_BAN = -100.0  # vLLM's logit_bias floor (OpenAI's range): exp(-100) is below float32's normal range
+
+
+def suppress_in_generation(generation_kwargs: dict[str, Any] | None, token_ids: Sequence[int],
+                           vllm: bool) -> dict[str, Any]:
+    """``generation_kwargs`` that never sample ``token_ids``: transformers' ``suppress_tokens``, or under vLLM
+    (whose ``SamplingParams`` has no such field; TRL passes ``generation_kwargs`` to it as they are) a
+    ``logit_bias`` of ``VLLM_BAN`` per id; the recipe's own entries are kept.
+
+    >>> suppress_in_generation({"suppress_tokens": [3]}, [7, 9], vllm=False)
+    {'suppress_tokens': [3, 7, 9]}
+    >>> suppress_in_generation({"logit_bias": {"5": 2.0}}, [7, 9], vllm=True)
+    {'logit_bias': {5: 2.0, 7: -100.0, 9: -100.0}}
+    """
+    gen = dict(generation_kwargs or {})
+    if vllm:
+        bias = {int(k): float(v) for k, v in (gen.get("logit_bias") or {}).items()}
+        bias.update(dict.fromkeys(map(int, token_ids), VLLM_BAN))
+        gen["logit_bias"] = bias
+    else:
+        gen["suppress_tokens"] = sorted(set(gen.get("suppress_tokens", [])) | set(token_ids))
+    return gen

@@ -30,11 +30,12 @@ from pydantic import Field
 from ergo_data.core.errors import RecipeError
 from ergo_data.core.vision import PATCH, resized_size
 from ergo_data.pipeline.recipe import read_yaml_file
-from ergo_train.models.processor import save_processor
 from ergo_train.rollout.episode import DEFAULT_REASONING, Episode, EpisodeRenderer
 from ergo_train.rollout.zoom import MIN_REGION_PATCHES, region_of
 from ergo_train.train.data import load_split
+from ergo_train.train.frozen_vision import keep_vision_out_of_backward
 from ergo_train.train.recipe import ModelRecipe, parse_recipe, torch_dtype, with_checkpointing_key
+from ergo_train.train.saving import save_trained
 
 
 class SftRecipe(ModelRecipe):
@@ -209,6 +210,7 @@ def build_sft_trainer(recipe: SftRecipe, loaded: tuple[Any, Any] | None = None) 
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, data_collator=collator,
                          processing_class=processor,
                          peft_config=recipe.lora.peft_config() if recipe.lora is not None else None)
+    keep_vision_out_of_backward(trainer.model)
     return SftParts(trainer, model, processor, dataset, collator)
 
 
@@ -225,10 +227,5 @@ def run_sft(recipe: SftRecipe, parts: SftParts | None = None) -> SftResult:
     parts = parts or build_sft_trainer(recipe)
     trainer = parts.trainer
     trainer.train()
-    out = Path(recipe.output_dir)
-    model = trainer.model
-    if recipe.lora is not None:
-        model = model.merge_and_unload()
-    model.save_pretrained(str(out))
-    save_processor(parts.processor, out)
+    out = save_trained(trainer, parts.processor, recipe.output_dir, merge_lora=recipe.lora is not None)
     return SftResult(out, list(trainer.state.log_history), trainer.state.global_step)

@@ -19,15 +19,17 @@ from ergo_data.core.boxes import Box
 from ergo_data.core.errors import RecipeError
 from ergo_data.core.imageio import ImageSource
 from ergo_data.core.vision import resized_size
-from ergo_train.models.loaders import load_model
-from ergo_train.rewards.reward_set import StepMetrics, build_reward_funcs
+from ergo_train.models.loaders import load_model, load_processor
+from ergo_train.models.processor import VISION_TOKENS
+from ergo_train.rewards.reward_set import JudgeFailureError, StepMetrics, build_reward_funcs
 from ergo_train.rollout.env import ANSWER_INSTRUCTION, ZoomEnv
 from ergo_train.rollout.zoom import fit_aspect
 from ergo_train.train.data import load_curated
-from ergo_train.train.grpo import build_trainer, train
-from ergo_train.train.recipe import grpo_config_kwargs, load_train_recipe
+from ergo_train.train.grpo import build_trainer, grpo_config, train
+from ergo_train.train.recipe import VLLM_BAN, grpo_config_kwargs, load_train_recipe
 from tests.support.paths import ROOT
 from tests.support.scripted import scripted_first_turn
+from tests.support.served import fault_server
 
 RECIPE = ROOT / "pipelines" / "train_tiny.yaml"
 SMALL = [10, 20, 60, 70]  # on the coarse view (every demo image's view is at least 224 x 168)
@@ -204,6 +206,22 @@ def test_a_malformed_call_in_a_batch_without_other_calls_still_trains(kind, demo
 
 
 @pytest.mark.integration
+def test_a_served_judge_that_fails_stops_training_with_the_cause(demo_set, tmp_path):
+    """The whole path: TRL calls the rewards, every zoom's region query fails at the judge server, the step stops."""
+    with fault_server([(503, {"error": {"message": "judge replica restarting"}})]) as (api_base, bodies):
+        judge = f"{{type: vlm, model: judge, api_base: '{api_base}', retries: 0, max_pixels: 50176}}"
+        recipe = load_train_recipe(RECIPE, [f"data.path={demo_set}", f"output_dir={tmp_path}", "grpo.max_steps=1",
+                                            "model=tiny", f"rewards.r_region.judge={judge}"])
+        parts = build_trainer(recipe)
+        with (scripted_first_turn(parts.model, parts.processor.tokenizer, [_call(SMALL), _call(LARGE)], ANSWERS),
+              pytest.raises(JudgeFailureError, match=r"failed on 4 of 4 region queries at step 1 \(100\.0%.*"
+                                                     r"judge replica restarting")):
+            train(recipe, parts)
+    assert len(bodies) == 4  # one request per zoom (no retries), none cached
+    assert parts.metrics.history[-1]["ergo/judge_failure_rate"] == 1.0
+
+
+@pytest.mark.integration
 def test_saved_policy_loads_back_for_evaluation(trained):
     recipe, _, result, _, _ = trained
     model, processor = load_model(str(result.output_dir), max_pixels=recipe.max_pixels)
@@ -237,8 +255,27 @@ def test_gspo_preset_and_overrides():
     assert (kw["epsilon"], kw["epsilon_high"], kw["steps_per_generation"]) == (3e-4, 4e-4, 4)
     assert kw["reward_weights"] == [1.0, 1.0, 1.0, 0.5]
     assert kw["generation_kwargs"]["suppress_tokens"] == [7, 9]
-    assert "suppress_tokens" not in grpo_config_kwargs(recipe, use_vllm=True, suppress_token_ids=[7]).get(
-        "generation_kwargs", {})
+    vllm = grpo_config_kwargs(recipe, use_vllm=True, suppress_token_ids=[7])["generation_kwargs"]
+    assert "suppress_tokens" not in vllm and vllm["logit_bias"] == {7: VLLM_BAN}  # SamplingParams has no suppress_tokens
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_under_vllm_every_vision_token_is_banned_by_a_logit_bias(mode):
+    """vLLM is not installed here: what can be checked is the GRPOConfig TRL hands to it. TRL 1.16 passes
+    ``generation_kwargs`` unchanged into ``SamplingParams(**kw)`` (colocate) or the server's JSON request."""
+    processor = load_processor("tiny")
+    tok = processor.tokenizer
+    recipe = load_train_recipe(RECIPE, ["grpo.use_vllm=true", f"grpo.vllm_mode={mode}",
+                                        "grpo.generation_kwargs={logit_bias: {42: 1.5}}"])
+    config = grpo_config(recipe, processor)
+    gen = config.generation_kwargs
+    vision = {tok.convert_tokens_to_ids(t) for t in VISION_TOKENS}
+    assert len(vision) == 5 and None not in vision
+    assert gen == {"logit_bias": {42: 1.5, **dict.fromkeys(sorted(vision), VLLM_BAN)}}  # the recipe's bias kept
+    sent = json.loads(json.dumps(gen))  # server mode: token ids travel as JSON object keys
+    assert {int(k): v for k, v in sent["logit_bias"].items()} == gen["logit_bias"]
+    assert math.exp(VLLM_BAN) < torch.finfo(torch.float32).tiny  # a banned token's probability underflows
 
 
 @pytest.mark.parametrize("override, message", [
