@@ -156,8 +156,11 @@ class Clock:
 
         return timed
 
-    def patch(self, owner: Any, name: str, part: str) -> None:
-        setattr(owner, name, self.wrap(part, getattr(owner, name)))
+    def patch(self, owner: Any, name: str, part: str) -> Any:
+        """Time ``owner.name`` as ``part``; returns the original."""
+        original = getattr(owner, name)
+        setattr(owner, name, self.wrap(part, original))
+        return original
 
 
 # ---- the run ------------------------------------------------------------------------------------------
@@ -217,7 +220,7 @@ def _instrument(parts, clock: Clock, zooms: list) -> None:
     ZoomEnv._apply_zoom = recording_zoom
     for owner, name, part in _ahead_points():
         clock.patch(owner, name, part)
-    clock.patch(type(parts.processor.image_processor), "__call__", "image processor")
+    clock.untimed_processor = clock.patch(type(parts.processor.image_processor), "__call__", "image processor")
     clock.patch(RewardComponent, "__call__", "rewards")
     clock.patch(VLMJudge, "judge_batch", "judge I/O")
     clock.patch(trainer, "_generate_and_score_completions", "TRL other")
@@ -245,13 +248,30 @@ def _ahead_points() -> list[tuple[Any, str, str]]:
     return out
 
 
-def floor(zooms: list, image_processor, max_pixels: int) -> dict[str, float]:
-    """The floor of one generation's image work, in ms: one DCT-scaled coarse decode and one processor pass per
-    distinct image, one region-limited decode and one processor pass per crop (fresh sources: nothing shared)."""
+def _profile_last(trainer) -> None:
+    """Print where the host time of the last ``_generate_and_score_completions`` went (cProfile, own time)."""
+    import cProfile
+    import pstats
+
+    inner = trainer._generate_and_score_completions
+
+    def profiled(*args, **kwargs):
+        prof = cProfile.Profile()
+        try:
+            return prof.runcall(inner, *args, **kwargs)
+        finally:
+            pstats.Stats(prof).sort_stats("tottime").print_stats(30)
+
+    trainer._generate_and_score_completions = profiled
+
+
+def floor(zooms: list, image_processor, call, max_pixels: int) -> dict[str, float]:
+    """The floor of one generation's image work, in ms: one DCT-scaled coarse decode and one processor pass
+    (``call``, the processor's own ``__call__``) per distinct image, one region-limited decode and one processor
+    pass per crop (fresh sources: nothing shared)."""
     from ergo_data.core.imageio import ImageSource
     from ergo_train.rollout.zoom import fit_aspect
 
-    call = type(image_processor).__call__
     data = {path: Path(path).read_bytes() for path, _ in zooms}
     t = {"coarse": 0.0, "crop": 0.0, "coarse processor": 0.0, "crop processor": 0.0}
     for raw in data.values():
@@ -272,7 +292,7 @@ def floor(zooms: list, image_processor, max_pixels: int) -> dict[str, float]:
     return {k: 1000 * v for k, v in t.items()}
 
 
-def host_path_figures(generations: int = 3, measured: int = 2) -> dict[str, Any]:
+def host_path_figures(generations: int = 2, measured: int = 1, profile: bool = False) -> dict[str, Any]:
     """Run ``generations`` generations (the first ``generations - measured`` warm up) and measure the rest."""
     import os
 
@@ -306,6 +326,8 @@ def host_path_figures(generations: int = 3, measured: int = 2) -> dict[str, Any]
             cheap_vision(parts.model)
             parts.trainer.add_callback(Window())
             _instrument(parts, clock, zooms)
+            if profile:
+                _profile_last(parts.trainer)
             calls = [('<tool_call>\n' + json.dumps({"name": "zoom", "arguments": dict(zip(("x1", "y1", "x2", "y2"), b))})
                       + '\n</tool_call><|im_end|>') for b in BOXES]
             t0 = time.perf_counter()
@@ -316,7 +338,7 @@ def host_path_figures(generations: int = 3, measured: int = 2) -> dict[str, Any]
         finally:
             judge.terminate()
             judge.wait(timeout=30)
-        fl = floor(zooms, parts.processor.image_processor, recipe.max_pixels)
+        fl = floor(zooms, parts.processor.image_processor, clock.untimed_processor, recipe.max_pixels)
     n = measured
     per_gen = {p: 1000 * clock.own.get(p, 0.0) / n for p in PARTS}
     overlapped = {p: 1000 * v / n for p, v in clock.overlapped.items()}
@@ -355,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--generations", type=int, default=2, help="generations run (the first one warms up)")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--profile", action="store_true", help="cProfile the measured generation's scoring step")
     args = ap.parse_args(argv)
-    fig = host_path_figures(args.generations, args.generations - 1)
+    fig = host_path_figures(args.generations, args.generations - 1, profile=args.profile)
     if args.json:
         args.json.write_text(json.dumps(fig, indent=2))
     return 0
