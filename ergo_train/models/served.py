@@ -65,10 +65,34 @@ class ServedTurn(NamedTuple):
 
 # ---- the wire format --------------------------------------------------------------------------------
 def image_data_url(image: Image.Image) -> str:
-    """A lossless PNG data URL of ``image``."""
+    """A lossless PNG data URL of ``image`` (the one ``encode_ahead`` made, when it did)."""
+    with _AHEAD_LOCK:
+        ahead = _AHEAD.get(id(image))
+    if ahead is not None and ahead[0] is image:
+        return ahead[1].result()
+    return _png_data_url(image)
+
+
+def _png_data_url(image: Image.Image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+_AHEAD: dict[int, tuple[Image.Image, Any]] = {}  # id -> (image, Future of its data URL), the latest _AHEAD_MAX
+_AHEAD_MAX = 256
+_AHEAD_LOCK = threading.Lock()
+
+
+def encode_ahead(images: Sequence[Image.Image], pool) -> None:
+    """Start encoding ``images``' data URLs on ``pool`` (an executor): a request that sends one of them later
+    takes the encoded URL (or waits for it) instead of encoding in the caller's thread. The same PNG bytes."""
+    with _AHEAD_LOCK:
+        for image in images:
+            if id(image) not in _AHEAD:
+                _AHEAD[id(image)] = (image, pool.submit(_png_data_url, image))
+        while len(_AHEAD) > _AHEAD_MAX:
+            del _AHEAD[next(iter(_AHEAD))]
 
 
 def _block(block: Any) -> dict[str, Any]:

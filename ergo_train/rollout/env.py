@@ -64,11 +64,11 @@ from ergo_train.rollout.parsing import (
     zoom_actions,
     zoom_arguments,
 )
+from ergo_train.rollout.views import SHARED, shared_coarse_view
 from ergo_train.rollout.zoom import (
     DEFAULT_BUDGET_TOKENS,
     ZoomResult,
     budget_max_pixels,
-    coarse_view,
     zoom_crop,
 )
 
@@ -157,7 +157,7 @@ def build_turn1_prompt(row: Mapping[str, Any], max_pixels: int) -> list[dict[str
 
 def build_turn1_messages(row: Mapping[str, Any], max_pixels: int) -> list[dict[str, Any]]:
     """Turn 1 with the coarse view inside, for ``processor.apply_chat_template`` + ``model.generate``."""
-    view, size = coarse_view(row_source(row["image"]), max_pixels)
+    view, size = shared_coarse_view(row["image"], max_pixels)
     return [{"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
             {"role": "user", "content": [{"type": "image", "image": view},
                                          {"type": "text", "text": turn1_text(row["question"], size)}]}]
@@ -191,6 +191,7 @@ class ZoomEnv:
         self.seen_size: Size | None = None
         self.vision_tokens: list[int] = []
         self.zooms: list[ZoomResult] = []
+        self._prepared: tuple[Any, str | None, ZoomResult] | None = None
 
     def reset(self, **row: Any) -> None:
         """Start a rollout on ``row`` (the dataset row: image, question, options, answer, boxes...)."""
@@ -198,7 +199,7 @@ class ZoomEnv:
         if row.get("image") is None or not row.get("question"):
             raise ValueError(f"sample {row.get('id')!r}: the rollout needs 'image' and 'question'")
         self.row = dict(row)
-        self.image = row_source(row["image"])
+        self.image = SHARED.source(row["image"])  # the file read once for all rollouts; a fresh source each
         self.seen_size = resized_size(self.image.size, self.max_pixels)
         self.vision_tokens = [vision_tokens(self.image.size, self.max_pixels)]
         # the prompt column already holds turn 1
@@ -221,6 +222,14 @@ class ZoomEnv:
         return self._apply_zoom(box, error)
 
 
+    def _prepare_zoom(self, arguments: Mapping[str, Any]) -> Image.Image | None:
+        """Make the crop that ``zoom(**arguments)`` will show, now (from any thread: the trainer makes every
+        rollout's crop in parallel); the call then takes it. Returns the crop (None for a malformed call)."""
+        box, error = zoom_arguments(arguments)
+        result = zoom_crop(self.image, None if error else box, self.seen_size, self.max_pixels)
+        self._prepared = (box, error, result)
+        return result.image if result.ok else None
+
     def _unknown_tool(self, name: str, **arguments: Any) -> list[dict[str, Any]]:
         """A call of a tool that does not exist: the whole view and the reason (the trainer routes it here)."""
         return self._apply_zoom(None, f"unknown tool {name!r} (the only tool is {ZOOM_TOOL!r})")
@@ -228,7 +237,11 @@ class ZoomEnv:
     def _apply_zoom(self, xyxy: Sequence[Any] | None, parse_error: str | None = None) -> list[dict[str, Any]]:
         if self.image is None or self.seen_size is None:
             raise RuntimeError("zoom called before reset")
-        result = zoom_crop(self.image, None if parse_error else xyxy, self.seen_size, self.max_pixels)
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[:2] == (xyxy, parse_error):
+            result = prepared[2]
+        else:
+            result = zoom_crop(self.image, None if parse_error else xyxy, self.seen_size, self.max_pixels)
         if parse_error is not None:
             result = replace(result, error=parse_error)
         self.zooms.append(result)

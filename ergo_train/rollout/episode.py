@@ -35,7 +35,7 @@ from PIL import Image
 
 from ergo_train.rollout.env import ZoomEnv, build_turn1_prompt, row_source
 from ergo_train.rollout.parsing import ZOOM_ARGS, ZOOM_TOOL
-from ergo_train.rollout.zoom import coarse_view
+from ergo_train.rollout.views import shared_coarse_view
 
 DEFAULT_REASONING = "The answer needs a closer look at one region; I zoom into it."
 
@@ -119,7 +119,7 @@ class EpisodeRenderer:
         """The episode in which the policy zooms on ``zoom`` (pixels of the coarse view) and answers ``answer``
         (the whole turn-2 text, e.g. ``<answer>B</answer>``); the crop is the one ``ZoomEnv`` returns."""
         image = row_source(row["image"])
-        view, _ = coarse_view(image, self.max_pixels)
+        view, _ = shared_coarse_view(row["image"], self.max_pixels)
         _, prompt_ids = self.prompt(row, view)
         text1 = self.turn1_text(zoom, reasoning)
         env = ZoomEnv(self.max_pixels)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from ergo_data.core.errors import RecipeError
-from ergo_train.rollout.env import build_turn1_prompt, row_source
-from ergo_train.rollout.zoom import coarse_view
+from ergo_train.rollout.env import build_turn1_prompt
+from ergo_train.rollout.views import shared_coarse_view
 from ergo_train.train.recipe import DataSpec
 
 REQUIRED_COLUMNS = ("id", "image", "question", "options", "answer", "boxes", "width", "height")
@@ -37,7 +37,8 @@ def load_curated(spec: DataSpec, max_pixels: int):
     """The curated set as a ``datasets.Dataset``; each row gets ``prompt`` (turn 1) and ``images`` (the coarse view).
 
     ``image`` stays the full-resolution original (the zoom tool and the rewards crop from it); TRL shows
-    ``images`` in turn 1, the exact view ``ergo_train.rollout.zoom.coarse_view`` gives evaluation too.
+    ``images`` in turn 1, the exact view ``ergo_train.rollout.zoom.coarse_view`` gives evaluation too, made once
+    per image and shared by every fetch and rollout (``ergo_train.rollout.views``).
     """
     return load_split(spec).with_transform(_turn1_transform(max_pixels))
 
@@ -72,7 +73,7 @@ def _turn1_transform(max_pixels: int):
         n = len(batch["id"])
         rows = [{k: v[i] for k, v in batch.items()} for i in range(n)]
         batch["prompt"] = [build_turn1_prompt(r, max_pixels) for r in rows]
-        batch["images"] = [[coarse_view(row_source(r["image"]), max_pixels)[0]] for r in rows]
+        batch["images"] = [[shared_coarse_view(r["image"], max_pixels)[0]] for r in rows]
         return batch
 
     return transform

@@ -20,6 +20,12 @@ from ergo_train.rollout.env import use_tool_chat_template, zoom_env_factory
 from ergo_train.rollout.parsing import ZOOM_TOOL, normalize_tool_call
 from ergo_train.train.data import load_curated
 from ergo_train.train.frozen_vision import keep_vision_out_of_backward
+from ergo_train.train.host_cache import (
+    configure_host_path,
+    generation_scope,
+    prefetching_sampler,
+    prepare_zooms,
+)
 from ergo_train.train.recipe import TrainRecipe, grpo_config_kwargs, torch_dtype
 from ergo_train.train.saving import save_trained
 
@@ -56,7 +62,17 @@ def robust_trainer_class():
                 if isinstance(first, dict) and first.get("tool_calls"):
                     first["tool_calls"] = [normalize_tool_call(c) for c in first["tool_calls"]]
             self._sync_tool_dicts = [AnyToolName(d) for d in self._sync_tool_dicts]
+            prepare_zooms(self._sync_tool_dicts, completions, getattr(self, "ergo_served_judge", False))
             return super()._tool_call_loop(prompts, prompt_ids, completion_ids, completions, *args, **kwargs)
+
+        # host path (ergo_train.train.host_cache): one processor pass per image and one render per distinct
+        # prompt within a generation; the next generation's coarse views made during the optimizer steps
+        def _generate_and_score_completions(self, inputs):
+            with generation_scope(self.processing_class):
+                return super()._generate_and_score_completions(inputs)
+
+        def _get_train_sampler(self, dataset=None):
+            return prefetching_sampler(super()._get_train_sampler(dataset), self, dataset)
 
     return ErgoGRPOTrainer
 
@@ -92,6 +108,7 @@ def build_trainer(recipe: TrainRecipe, loaded: tuple[Any, Any] | None = None) ->
                                      processing_class=processor, peft_config=peft_config,
                                      environment_factory=zoom_env_factory(recipe.max_pixels))
     keep_vision_out_of_backward(trainer.model)
+    configure_host_path(trainer, recipe.max_pixels, funcs)
     return TrainerParts(trainer, model, processor, dataset, metrics, config)
 
 
