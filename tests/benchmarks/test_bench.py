@@ -9,6 +9,7 @@ import pytest
 from benchmarks import bench
 
 
+@pytest.mark.integration  # the host-path row trains a tiny model (in its own process)
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_quick_bench_prints_every_row(tmp_path, capsys, monkeypatch):
     tiny = {**bench.QUICK, "scale": {**bench.QUICK["scale"], "images": 8, "rss_sizes": (8, 16)},
